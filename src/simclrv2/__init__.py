@@ -1,0 +1,27 @@
+"""simclrv2: SimCLR / SimCLRv2 semi-supervised learning in PyTorch.
+
+Contrastive pretraining of ResNets on unlabelled images, fine-tuning on a few labels, and
+distillation into a student on the unlabelled images again.
+"""
+
+from simclrv2.models import (
+    build_encoder,
+    resnet18,
+    resnet34,
+    resnet50,
+    resnet101,
+    resnet152,
+    resnet200,
+)
+
+__version__ = "0.1.0"
+__all__ = [
+    "__version__",
+    "build_encoder",
+    "resnet18",
+    "resnet34",
+    "resnet50",
+    "resnet101",
+    "resnet152",
+    "resnet200",
+]

@@ -1,0 +1,56 @@
+"""Losses as pure functions of tensors: NT-Xent (SimCLR) and the distillation loss (SimCLRv2)."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from simclrv2 import distributed
+
+
+def nt_xent(z1: Tensor, z2: Tensor, temperature: float, negatives: Tensor | None = None) -> Tensor:
+    r"""Normalised-temperature cross-entropy over the GLOBAL batch (SimCLR, Eq. 1).
+
+    ``z1``, ``z2``: (n, d) projections of this process's n images under the two views. Under
+    torch.distributed every process's views are gathered (with a gradient-summing backward), so
+    for a global batch of N images each view has its twin as positive and the other 2N - 2 views as
+    negatives; ``negatives`` (K, d), e.g. SimCLRv2's memory buffer, adds K more for every view.
+
+    Reduction: the MEAN over this process's 2n views of -log softmax at the positive, i.e. the
+    paper's mean over all 2N views once gradients are averaged across processes. The authors' code
+    sums the two directions and averages over images, which is exactly 2x this value.
+    """
+    dtype = torch.promote_types(z1.dtype, torch.float32)  # the loss in fp32 even under autocast
+    z1, z2 = F.normalize(z1.to(dtype), dim=1), F.normalize(z2.to(dtype), dim=1)  # (n, d) each
+    n = z1.shape[0]
+    keys = torch.cat(
+        [distributed.gather_with_grad(z1), distributed.gather_with_grad(z2)]
+    )  # (2N, d)
+    big_n = keys.shape[0] // 2
+    queries = torch.cat([z1, z2])  # (2n, d)
+    logits = queries @ keys.T / temperature  # (2n, 2N)
+
+    own = torch.arange(n, device=z1.device) + distributed.rank() * n  # global index of each image
+    self_cols = torch.cat([own, own + big_n])
+    positive_cols = torch.cat([own + big_n, own])
+    rows = torch.arange(2 * n, device=z1.device)
+    logits = logits.index_put((rows, self_cols), logits.new_tensor(float("-inf")))  # no self-pairs
+    if negatives is not None:
+        extra = F.normalize(negatives.to(dtype), dim=1)  # (K, d)
+        logits = torch.cat([logits, queries @ extra.T / temperature], dim=1)  # (2n, 2N + K)
+    return F.cross_entropy(logits, positive_cols)
+
+
+def distillation_loss(
+    student_logits: Tensor, teacher_logits: Tensor, temperature: float, scale_by_t2: bool = False
+) -> Tensor:
+    r"""SimCLRv2 Eq. 3: -sum_y P_T(y|x; tau) log P_S(y|x; tau), mean over the batch.
+
+    Both softmaxes at ``temperature`` (0.1 for self-distillation, 1.0 big-to-small in the paper); the
+    teacher is not differentiated. ``scale_by_t2`` multiplies by tau^2, as the authors' colab does.
+    """
+    teacher = torch.softmax(teacher_logits.detach().float() / temperature, dim=1)
+    log_student = torch.log_softmax(student_logits.float() / temperature, dim=1)
+    loss = -(teacher * log_student).sum(dim=1).mean()
+    return loss * temperature**2 if scale_by_t2 else loss

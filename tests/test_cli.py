@@ -1,0 +1,21 @@
+import json
+
+from simclrv2.cli import main
+from simclrv2.models import PAPER_PARAMS_M
+
+
+def test_models_json_lists_paper_architectures_with_params_and_flops(capsys):
+    assert main(["models", "--json"]) == 0
+    rows = {row["arch"]: row for row in json.loads(capsys.readouterr().out)}
+    assert set(PAPER_PARAMS_M) <= set(rows)
+    for name, paper in PAPER_PARAMS_M.items():
+        assert abs(rows[name]["params_M"] - paper) <= 1.0
+    assert 8.0 < rows["r50_1x_sk0"]["GFLOPs_224px"] < 8.4  # 4.1 G multiply-adds
+    assert rows["r152_3x_sk1"]["feature_dim"] == 6144
+
+
+def test_models_table_is_text(capsys):
+    assert main(["models"]) == 0
+    out = capsys.readouterr().out
+    assert out.splitlines()[0].split()[:3] == ["arch", "params_M", "paper_params_M"]
+    assert "r152_3x_sk1" in out

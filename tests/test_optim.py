@@ -1,0 +1,135 @@
+import math
+
+import pytest
+import torch
+from torch import nn
+
+from simclrv2.errors import UserError
+from simclrv2.models import Classifier, ProjectionHead, resnet18
+from simclrv2.optim import (
+    LARS,
+    WarmupCosine,
+    build_optimizer,
+    parameter_groups,
+    scaled_learning_rate,
+)
+
+
+def test_one_lars_step_equals_the_hand_computed_update():
+    w = nn.Parameter(torch.tensor([3.0, 4.0]))  # ||w|| = 5
+    b = nn.Parameter(torch.tensor([1.0, -2.0]))  # excluded: no decay, no trust ratio
+    w.grad, b.grad = torch.tensor([0.6, 0.8]), torch.tensor([0.5, 0.25])
+    lr, wd, eta, m = 0.4, 0.1, 0.001, 0.9
+    opt = LARS(
+        [{"params": [w], "weight_decay": wd}, {"params": [b], "weight_decay": 0.0, "lars": False}],
+        lr=lr,
+        momentum=m,
+        eta=eta,
+    )
+    opt.step()
+    # w: g = [0.6, 0.8] + 0.1 * [3, 4] = [0.9, 1.2], ||g|| = 1.5; trust = 0.001 * 5 / 1.5
+    trust = 0.001 * 5 / 1.5
+    v_w = [lr * trust * 0.9, lr * trust * 1.2]
+    torch.testing.assert_close(w.detach(), torch.tensor([3.0 - v_w[0], 4.0 - v_w[1]]))
+    torch.testing.assert_close(b.detach(), torch.tensor([1.0 - lr * 0.5, -2.0 - lr * 0.25]))
+    # second step: momentum carries the first velocity
+    w.grad, b.grad = torch.tensor([0.0, 0.0]), torch.tensor([0.0, 0.0])
+    before = w.detach().clone()
+    opt.step()
+    g2 = wd * before
+    trust2 = eta * before.norm() / g2.norm()
+    expected = before - (m * torch.tensor(v_w) + lr * trust2 * g2)
+    torch.testing.assert_close(w.detach(), expected)
+    torch.testing.assert_close(
+        b.detach(), torch.tensor([1.0 - lr * 0.5 * (1 + m), -2.0 - lr * 0.25 * (1 + m)])
+    )
+
+
+def test_lars_trust_ratio_is_one_when_a_norm_is_zero():
+    w = nn.Parameter(torch.zeros(3))
+    w.grad = torch.tensor([1.0, 2.0, 2.0])
+    LARS([w], lr=0.5, momentum=0.9).step()  # 1-D, but forced into the trust group: ||w|| = 0
+    torch.testing.assert_close(w.detach(), torch.tensor([-0.5, -1.0, -1.0]))
+
+
+def test_parameter_groups_by_role_not_by_name():
+    encoder = resnet18(width=0.25, cifar_stem=True)
+    head = ProjectionHead(encoder.out_dim)
+    model = Classifier.from_pretrained(encoder, head, selector=1, num_classes=10)
+    groups = {
+        g["role"]: g for g in parameter_groups(model, weight_decay=1e-4, classifiers=[model.linear])
+    }
+    ids = {role: {id(p) for p in g["params"]} for role, g in groups.items()}
+    bn_params = {
+        id(p)
+        for m in model.modules()
+        if isinstance(m, nn.modules.batchnorm._NormBase)
+        for p in m.parameters(recurse=False)
+    }
+    conv_weights = {id(m.weight) for m in model.modules() if isinstance(m, nn.Conv2d)}
+    assert bn_params <= ids["norm_and_bias"] and id(model.linear.bias) in ids["norm_and_bias"]
+    assert conv_weights <= ids["weights"] and ids["classifier"] == {id(model.linear.weight)}
+    assert sum(len(v) for v in ids.values()) == len(list(model.parameters()))
+    assert (groups["weights"]["weight_decay"], groups["weights"]["lars"]) == (1e-4, True)
+    assert (groups["norm_and_bias"]["weight_decay"], groups["norm_and_bias"]["lars"]) == (
+        0.0,
+        False,
+    )
+    assert (groups["classifier"]["weight_decay"], groups["classifier"]["lars"]) == (1e-4, False)
+
+
+def test_renamed_parameters_keep_their_role():
+    model = nn.Sequential()
+    model.add_module("weights_of_bn", nn.BatchNorm2d(4))
+    model.add_module("bn_named_conv", nn.Conv2d(4, 4, 3))
+    groups = {g["role"]: g["params"] for g in parameter_groups(model, 1e-4)}
+    assert groups["weights"] == [model.bn_named_conv.weight]
+    assert len(groups["norm_and_bias"]) == 3
+
+
+@pytest.mark.parametrize("name", ["lars", "sgd", "adamw"])
+def test_every_optimizer_decreases_a_quadratic(name):
+    torch.manual_seed(0)
+    model = nn.Linear(4, 1, bias=False)  # a bias would take LARS's raw learning rate
+    x = torch.randn(64, 4)
+    y = x @ torch.tensor([1.0, -2.0, 0.5, 3.0])
+    opt = build_optimizer(
+        name, model, lr={"lars": 100.0, "sgd": 0.05, "adamw": 0.05}[name], weight_decay=0.0
+    )
+
+    def loss():
+        return ((model(x).squeeze(1) - y) ** 2).mean()
+
+    start = loss().item()
+    for _ in range(50):
+        opt.zero_grad()
+        loss().backward()
+        opt.step()
+    assert loss().item() < 0.5 * start
+
+
+def test_unknown_optimizer_lists_choices():
+    with pytest.raises(UserError, match="lars, sgd, adamw"):
+        build_optimizer("adam", nn.Linear(2, 2), 0.1, 0.0)
+
+
+def test_learning_rate_scaling_rules():
+    assert scaled_learning_rate(0.3, 4096, "linear") == pytest.approx(4.8)
+    assert scaled_learning_rate(0.075, 4096, "sqrt") == pytest.approx(4.8)
+    with pytest.raises(UserError, match="linear or sqrt"):
+        scaled_learning_rate(0.3, 256, "log")
+
+
+def test_warmup_cosine_values():
+    schedule = WarmupCosine.from_warmup(
+        peak_lr=2.0, total_steps=1000, warmup=10, unit="epochs", steps_per_epoch=10
+    )
+    assert schedule.warmup_steps == 100
+    assert schedule(0) == 0.0 and schedule(50) == pytest.approx(1.0)
+    assert schedule(100) == pytest.approx(2.0)  # end of warm-up: the peak
+    assert schedule(550) == pytest.approx(1.0)  # half-way through the cosine
+    assert schedule(999) == pytest.approx(2.0 * 0.5 * (1 + math.cos(math.pi * 899 / 900)))
+    assert schedule(999) < 1e-4 and schedule(1000) == 0.0
+    fraction = WarmupCosine.from_warmup(1.0, 2000, warmup=0.05, unit="fraction", steps_per_epoch=7)
+    assert fraction.warmup_steps == 100
+    assert WarmupCosine(1.0, 10)(0) == 1.0  # no warm-up
