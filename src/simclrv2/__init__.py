@@ -4,6 +4,7 @@ Contrastive pretraining of ResNets on unlabelled images, fine-tuning on a few la
 distillation into a student on the unlabelled images again.
 """
 
+from simclrv2.export import load_encoder, load_exported, save_exported
 from simclrv2.models import (
     build_encoder,
     resnet18,
@@ -18,10 +19,13 @@ __version__ = "0.1.0"
 __all__ = [
     "__version__",
     "build_encoder",
+    "load_encoder",
+    "load_exported",
     "resnet18",
     "resnet34",
     "resnet50",
     "resnet101",
     "resnet152",
     "resnet200",
+    "save_exported",
 ]

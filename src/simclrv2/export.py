@@ -1,0 +1,161 @@
+"""Exported models: ``model.safetensors`` + ``model.json`` in one directory, nothing pickled.
+
+The JSON names the architecture (encoder spec, projection head, classifier and the head layer the
+classifier reads), so :func:`load_exported` rebuilds the modules before loading the weights. The
+tensors are stored under ``encoder.*``, ``projection_head.*`` and ``classifier.*``. This is the
+format that ``simclrv2 convert-tf`` writes and every stage's ``--init`` reads.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from safetensors.torch import load_file, save_file
+from torch import nn
+
+from simclrv2.errors import UserError
+from simclrv2.models import (
+    Classifier,
+    LinearClassifier,
+    ProjectionHead,
+    ResNet,
+    ResNetSpec,
+    arch_name,
+)
+
+FORMAT_VERSION = 1
+WEIGHTS, METADATA = "model.safetensors", "model.json"
+
+
+@dataclass
+class ExportedModel:
+    """What an export holds: an encoder, optionally g and a classifier reading layer ``selector``."""
+
+    encoder: ResNet
+    projection_head: ProjectionHead | None = None
+    classifier: LinearClassifier | None = None
+    selector: int = 0
+    info: dict = field(default_factory=dict)  # free-form provenance (source, step, ...)
+
+    def classifier_model(self) -> Classifier:
+        """The fine-tuned network: encoder -> head layers up to ``selector`` -> classifier."""
+        if self.classifier is None:
+            raise UserError(
+                "this export has no classifier; fine-tune it first or pass --num-classes"
+            )
+        head = (
+            self.projection_head.prefix(self.selector) if self.projection_head else nn.Sequential()
+        )
+        return Classifier(self.encoder, head, self.classifier)
+
+
+def _architecture(model: ExportedModel) -> dict:
+    head = model.projection_head
+    return {
+        "format_version": FORMAT_VERSION,
+        "arch": arch_name(model.encoder.spec),
+        "encoder": asdict(model.encoder.spec),
+        "projection_head": None
+        if head is None
+        else {
+            "num_layers": head.num_layers,
+            "hidden_dim": head.hidden_dim,
+            "out_dim": head.out_dim,
+        },
+        "classifier": None
+        if model.classifier is None
+        else {"num_classes": model.classifier.out_features, "selector": model.selector},
+        "info": model.info,
+    }
+
+
+def save_exported(model: ExportedModel, directory: str | Path, overwrite: bool = False) -> Path:
+    """Write the export atomically: a sibling temporary directory renamed into place at the end,
+    so ``directory`` never holds a half-written export."""
+    directory = Path(directory)
+    if directory.exists() and any(directory.iterdir()) and not overwrite:
+        raise UserError(
+            f"{directory} already exists and is not empty; choose another --out or remove it"
+        )
+    directory.parent.mkdir(parents=True, exist_ok=True)
+    tensors = {f"encoder.{k}": v for k, v in model.encoder.state_dict().items()}
+    if model.projection_head is not None:
+        tensors |= {
+            f"projection_head.{k}": v for k, v in model.projection_head.state_dict().items()
+        }
+    if model.classifier is not None:
+        tensors |= {f"classifier.{k}": v for k, v in model.classifier.state_dict().items()}
+    staging = Path(tempfile.mkdtemp(prefix=f".{directory.name}.", dir=directory.parent))
+    try:
+        save_file({k: v.detach().contiguous().cpu() for k, v in tensors.items()}, staging / WEIGHTS)
+        (staging / METADATA).write_text(json.dumps(_architecture(model), indent=2) + "\n")
+        if directory.exists():
+            shutil.rmtree(directory)
+        os.replace(staging, directory)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return directory
+
+
+def load_exported(directory: str | Path) -> ExportedModel:
+    """Rebuild the modules an export describes and load its weights (strictly: no missing, no extra)."""
+    directory = Path(directory)
+    meta_path, weights_path = directory / METADATA, directory / WEIGHTS
+    if not meta_path.is_file() or not weights_path.is_file():
+        raise UserError(
+            f"{directory} is not an exported model (needs {METADATA} and {WEIGHTS}); "
+            "export one with `simclrv2 export` or convert one with `simclrv2 convert-tf`"
+        )
+    try:
+        meta = json.loads(meta_path.read_text())
+        spec = ResNetSpec(**meta["encoder"])
+    except (json.JSONDecodeError, KeyError, TypeError) as error:
+        raise UserError(
+            f"{meta_path} is not a valid model description ({error}); re-export the model"
+        ) from None
+    if meta.get("format_version") != FORMAT_VERSION:
+        raise UserError(
+            f"{meta_path} has format version {meta.get('format_version')}; this simclrv2 reads {FORMAT_VERSION}"
+        )
+    encoder = ResNet(spec)
+    head = (
+        ProjectionHead(encoder.out_dim, **meta["projection_head"])
+        if meta["projection_head"]
+        else None
+    )
+    classifier, selector = None, 0
+    if meta["classifier"]:
+        selector = meta["classifier"]["selector"]
+        in_dim = head.output_dim(selector) if head is not None else encoder.out_dim
+        classifier = LinearClassifier(in_dim, meta["classifier"]["num_classes"])
+    try:
+        tensors = load_file(weights_path)
+    except Exception as error:  # safetensors raises its own error types for a corrupt file
+        raise UserError(
+            f"{weights_path} cannot be read ({error}); the file is corrupt or truncated"
+        ) from None
+    for prefix, module in (
+        ("encoder", encoder),
+        ("projection_head", head),
+        ("classifier", classifier),
+    ):
+        if module is None:
+            continue
+        part = {k[len(prefix) + 1 :]: v for k, v in tensors.items() if k.startswith(prefix + ".")}
+        missing, unexpected = module.load_state_dict(part, strict=False)
+        if missing or unexpected:
+            raise UserError(
+                f"{weights_path} does not match {meta_path} for the {prefix}: "
+                f"missing {missing[:3]}, unexpected {unexpected[:3]}; re-export the model"
+            )
+    return ExportedModel(encoder, head, classifier, selector, meta.get("info", {}))
+
+
+def load_encoder(directory: str | Path) -> ResNet:
+    """The encoder of an exported model, in eval mode."""
+    return load_exported(directory).encoder.eval()
