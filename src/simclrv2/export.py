@@ -147,12 +147,17 @@ def load_exported(directory: str | Path) -> ExportedModel:
         if module is None:
             continue
         part = {k[len(prefix) + 1 :]: v for k, v in tensors.items() if k.startswith(prefix + ".")}
-        missing, unexpected = module.load_state_dict(part, strict=False)
-        if missing or unexpected:
+        expected = module.state_dict()
+        mismatched = sorted(
+            {k for k in expected if k not in part or part[k].shape != expected[k].shape}
+            | (part.keys() - expected.keys())
+        )
+        if mismatched:
             raise UserError(
-                f"{weights_path} does not match {meta_path} for the {prefix}: "
-                f"missing {missing[:3]}, unexpected {unexpected[:3]}; re-export the model"
+                f"{weights_path} does not match {meta_path} for the {prefix} "
+                f"({len(mismatched)} tensors differ, e.g. {mismatched[0]}); re-export the model"
             )
+        module.load_state_dict(part)
     return ExportedModel(encoder, head, classifier, selector, meta.get("info", {}))
 
 
