@@ -1,4 +1,9 @@
-"""``simclrv2 <command>``: argument parsing only; every command calls a library function."""
+"""``simclrv2 <command>``: argument parsing only; every command calls a library function.
+
+Training commands share ``--preset``, ``--config FILE``, ``--data SOURCE``, ``--out DIR``,
+``--resume DIR`` and ``section.key=value`` overrides. Bad input ends in one line on stderr and exit
+status 2; SIGTERM/SIGINT end a training command with a checkpoint, a resume hint and status 0.
+"""
 
 from __future__ import annotations
 
@@ -6,8 +11,9 @@ import argparse
 import json
 import sys
 from collections.abc import Sequence
+from pathlib import Path
 
-from simclrv2.errors import UserError
+from simclrv2.errors import Interrupted, UserError
 
 
 def _int_at_least(low: int):
@@ -25,6 +31,90 @@ def _int_at_least(low: int):
     return parse
 
 
+# ----------------------------------------------------------------------------------------------
+# Shared set-up of the training and evaluation commands
+
+
+def _config(args: argparse.Namespace):
+    """The resolved config: the saved one of ``--resume``, else preset -> file -> --data -> overrides."""
+    from simclrv2.config import load_config
+    from simclrv2.rundir import load_run_config
+
+    if getattr(args, "resume", None):
+        if args.overrides or args.config or args.data:
+            raise UserError(
+                "--resume continues a run with its saved config; drop the other options and overrides"
+            )
+        return load_run_config(Path(args.resume))
+    overrides = list(args.overrides)
+    if args.data is not None:
+        overrides.insert(0, f"data.source={args.data}")
+    return load_config(args.preset, args.config, overrides)
+
+
+def _start(args: argparse.Namespace, command: str):
+    """(config, run directory, runtime) with the run's files written and logging set up."""
+    from simclrv2 import distributed
+    from simclrv2.metrics import setup_logging
+    from simclrv2.rundir import check_writable, new_run_dir, write_run_files
+    from simclrv2.runtime import resolve_runtime
+
+    config = _config(args)
+    if args.resume:
+        directory = Path(args.resume)
+        check_writable(directory)
+    else:
+        directory = new_run_dir(command, config, args.out)
+        write_run_files(directory, config)
+    args.run_directory = directory
+    setup_logging(directory / "log.txt", enabled=distributed.rank() == 0)
+    return config, directory, resolve_runtime(config.runtime)
+
+
+def _datasets(config):
+    from simclrv2.data import load_dataset
+
+    data = config.data
+    train = load_dataset(data.source, "train", image_size=data.image_size, cache_dir=data.cache_dir)
+    test = load_dataset(
+        data.source, data.test_split, image_size=data.image_size, cache_dir=data.cache_dir
+    )
+    return train, test
+
+
+def _labelled_subset(spec: str, train, seed: int):
+    """``--labels``: a fraction (0.01 or 1%), a count per class (25-per-class), or a file (an index
+    file written by simclrv2, or a list of file names as the authors' ImageNet subsets)."""
+    from simclrv2.data import class_balanced_indices, indices_from_names, load_indices
+
+    text = spec.strip()
+    if text.endswith("-per-class") and text[: -len("-per-class")].isdigit():
+        return train.subset(
+            class_balanced_indices(
+                train.labels, per_class=int(text[: -len("-per-class")]), seed=seed
+            )
+        )
+    try:
+        fraction = float(text[:-1]) / 100 if text.endswith("%") else float(text)
+    except ValueError:
+        path = Path(text)
+        if not path.is_file():
+            raise UserError(
+                f"--labels {text!r} is neither a fraction (0.01, 1%), a count (25-per-class) nor an existing file"
+            ) from None
+        try:
+            return train.subset(load_indices(path))
+        except UserError:
+            return train.subset(indices_from_names(train, path))
+    if not 0 < fraction <= 1:
+        raise UserError(f"--labels {text!r} must be a fraction in (0, 1], e.g. 0.01 or 1%")
+    return train.subset(class_balanced_indices(train.labels, fraction=fraction, seed=seed))
+
+
+# ----------------------------------------------------------------------------------------------
+# Commands
+
+
 def _models(args: argparse.Namespace) -> None:
     from simclrv2.models.stats import architecture_table
     from simclrv2.tables import format_table
@@ -33,12 +123,195 @@ def _models(args: argparse.Namespace) -> None:
     print(json.dumps(rows, indent=2) if args.json else format_table(rows))
 
 
+def _show_config(args: argparse.Namespace) -> None:
+    print(_config(args).to_yaml(), end="")
+
+
+def _pipeline(args: argparse.Namespace) -> None:
+    from simclrv2.pipeline import TABLE_COLUMNS, run_pipeline
+    from simclrv2.tables import format_table
+
+    config, directory, runtime = _start(args, "pipeline")
+    rows = run_pipeline(config, directory, runtime)
+    print(format_table(rows, TABLE_COLUMNS))
+    print(f"\nresults: {directory / 'results.json'}")
+
+
+def _pretrain(args: argparse.Namespace) -> None:
+    from simclrv2.stages.pretrain import pretrain
+
+    config, directory, runtime = _start(args, "pretrain")
+    train, test = _datasets(config)
+    result = pretrain(config, directory, train, test, runtime)
+    print(json.dumps(result.metrics, indent=2))
+    print(f"model: {directory / 'model'}")
+
+
+def _finetune(args: argparse.Namespace) -> None:
+    from simclrv2.export import load_exported
+    from simclrv2.stages.finetune import finetune
+
+    config, directory, runtime = _start(args, "finetune" if args.init else "supervised")
+    train, test = _datasets(config)
+    labelled = _labelled_subset(args.labels, train, config.finetune.label_seed)
+    init = load_exported(args.init) if args.init else None
+    result = finetune(config, directory, labelled, test, runtime, init)
+    print(json.dumps({k: v for k, v in result.metrics.items() if k != "confusion"}, indent=2))
+    print(f"model: {directory / 'model'}")
+
+
+def _distill(args: argparse.Namespace) -> None:
+    from simclrv2.export import load_exported
+    from simclrv2.stages.distill import distill
+
+    config, directory, runtime = _start(args, "distill")
+    train, test = _datasets(config)
+    labelled = (
+        _labelled_subset(args.labels, train, config.finetune.label_seed) if args.labels else None
+    )
+    teacher = load_exported(args.teacher).classifier_model()
+    result = distill(config, directory, train, labelled, test, runtime, teacher)
+    print(json.dumps({k: v for k, v in result.metrics.items() if k != "confusion"}, indent=2))
+    print(f"model: {directory / 'model'}")
+
+
+def _evaluate(args: argparse.Namespace) -> None:
+    from simclrv2.export import load_exported
+    from simclrv2.metrics import setup_logging
+    from simclrv2.runtime import resolve_runtime
+    from simclrv2.stages.evaluate import knn_eval, linear_eval
+
+    setup_logging(None)
+    config = _config(args)
+    exported = load_exported(args.init)
+    train, test = _datasets(config)
+    evaluate = linear_eval if args.command == "linear" else knn_eval
+    print(
+        json.dumps(
+            evaluate(config, exported, train, test, resolve_runtime(config.runtime)), indent=2
+        )
+    )
+
+
+def _embed(args: argparse.Namespace) -> None:
+    from simclrv2.data import load_dataset
+    from simclrv2.export import load_exported
+    from simclrv2.runtime import resolve_runtime
+    from simclrv2.stages.common import train_image_size
+    from simclrv2.stages.embed import embed
+
+    config = _config(args)
+    exported = load_exported(args.init)
+    data = load_dataset(
+        config.data.source,
+        args.split,
+        image_size=config.data.image_size,
+        cache_dir=config.data.cache_dir,
+    )
+    size = train_image_size(config.data.image_size, data)
+    out = embed(exported, data, resolve_runtime(config.runtime), size, Path(args.out))
+    print(f"{len(data)} embeddings of dimension {exported.encoder.out_dim}: {out}")
+
+
+# ----------------------------------------------------------------------------------------------
+# Parser
+
+
+def _add_config_options(parser: argparse.ArgumentParser, runs: bool = True) -> None:
+    parser.add_argument(
+        "--preset", default="demo", help="demo (default), fashion-mnist, cifar10-v1, imagenet-v2"
+    )
+    parser.add_argument("--config", help="YAML file of settings (sections as in `simclrv2 config`)")
+    parser.add_argument(
+        "--data", help="data source: a path (IDX, CIFAR, STL-10, image folder) or 'embedded'"
+    )
+    if runs:
+        parser.add_argument("--out", help="run directory (default runs/<command>-<preset>-<time>)")
+        parser.add_argument(
+            "--resume", metavar="DIR", help="continue the run in DIR where it stopped"
+        )
+    parser.add_argument(
+        "overrides",
+        nargs="*",
+        metavar="KEY=VALUE",
+        help="e.g. pretrain.epochs=5 model.arch=r18_1x_sk0",
+    )
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="simclrv2",
         description="SimCLR / SimCLRv2: pretrain, fine-tune and distil ResNets on your images.",
     )
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    pipeline = commands.add_parser(
+        "pipeline",
+        help="pretrain, fine-tune (1%% and 10%%), supervised baseline, distil: one table",
+    )
+    _add_config_options(pipeline)
+    pipeline.set_defaults(run=_pipeline)
+
+    pretrain = commands.add_parser(
+        "pretrain", help="SimCLR pretraining without labels (kNN and online linear monitors)"
+    )
+    _add_config_options(pretrain)
+    pretrain.set_defaults(run=_pretrain)
+
+    finetune = commands.add_parser(
+        "finetune", help="fine-tune a pretrained model on a label fraction"
+    )
+    finetune.add_argument(
+        "--init",
+        help="exported or converted model directory; omit for the supervised-from-scratch baseline",
+    )
+    finetune.add_argument(
+        "--labels",
+        default="0.01",
+        help="0.01 or 1%%, 25-per-class, or a file (index file or file names)",
+    )
+    _add_config_options(finetune)
+    finetune.set_defaults(run=_finetune)
+
+    distill = commands.add_parser(
+        "distill", help="distil a fine-tuned teacher into a student on the unlabelled images"
+    )
+    distill.add_argument(
+        "--teacher",
+        required=True,
+        help="fine-tuned model directory (its classifier is the teacher)",
+    )
+    distill.add_argument(
+        "--labels", help="labelled subset for the (1 - distill.alpha) cross-entropy term"
+    )
+    _add_config_options(distill)
+    distill.set_defaults(run=_distill)
+
+    for name, text in (
+        ("linear", "linear evaluation of a model's representation h"),
+        ("knn", "weighted kNN evaluation of h"),
+    ):
+        evaluate = commands.add_parser(name, help=text)
+        evaluate.add_argument("--init", required=True, help="exported or converted model directory")
+        _add_config_options(evaluate, runs=False)
+        evaluate.set_defaults(run=_evaluate)
+
+    embed = commands.add_parser(
+        "embed", help="write h of every image to .npy or .safetensors, with file names"
+    )
+    embed.add_argument("--init", required=True, help="exported or converted model directory")
+    embed.add_argument("--out", required=True, help="output file: NAME.npy or NAME.safetensors")
+    embed.add_argument(
+        "--split", default="train", help="split of the data to embed (default train)"
+    )
+    _add_config_options(embed, runs=False)
+    embed.set_defaults(run=_embed)
+
+    show = commands.add_parser(
+        "config", help="print the resolved config (preset, file, overrides) as YAML"
+    )
+    _add_config_options(show, runs=False)
+    show.set_defaults(run=_show_config)
 
     models = commands.add_parser(
         "models", help="table of the named architectures: parameters, paper figure, FLOPs"
@@ -61,4 +334,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     except UserError as error:
         print(f"simclrv2: error: {error}", file=sys.stderr)
         return 2
+    except Interrupted as stop:
+        command = f"simclrv2 {args.command} --resume {args.run_directory}"
+        print(f"simclrv2: {stop}; resume with: {command}", file=sys.stderr)
+        return 0
     return 0

@@ -6,3 +6,12 @@ class UserError(Exception):
 
     The CLI prints it as ``simclrv2: error: <message>`` and exits with status 2.
     """
+
+
+class Interrupted(Exception):  # noqa: N818 (a request, not a failure)
+    """SIGTERM/SIGINT arrived during training and a checkpoint was written; the CLI exits 0 and
+    prints how to resume."""
+
+    def __init__(self, stage_directory: object, step: int) -> None:
+        super().__init__(f"stopped at step {step}; checkpoint written in {stage_directory}")
+        self.stage_directory, self.step = stage_directory, step

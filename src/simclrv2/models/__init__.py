@@ -1,6 +1,6 @@
 """Encoders (ResNet f) and heads (projection g, classifier) of SimCLR / SimCLRv2."""
 
-from simclrv2.models.heads import Classifier, LinearClassifier, ProjectionHead
+from simclrv2.models.heads import Classifier, ContrastiveModel, LinearClassifier, ProjectionHead
 from simclrv2.models.resnet import (
     PAPER_PARAMS_M,
     ResNet,
@@ -19,6 +19,7 @@ from simclrv2.models.resnet import (
 __all__ = [
     "PAPER_PARAMS_M",
     "Classifier",
+    "ContrastiveModel",
     "LinearClassifier",
     "ProjectionHead",
     "ResNet",

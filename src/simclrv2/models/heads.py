@@ -124,3 +124,15 @@ class Classifier(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         return self.linear(self.representation(x))  # logits: (N, num_classes)
+
+
+class ContrastiveModel(nn.Module):
+    """The pretraining network: encoder f then projection head g; returns (h, z)."""
+
+    def __init__(self, encoder: nn.Module, projection_head: ProjectionHead) -> None:
+        super().__init__()
+        self.encoder, self.projection_head = encoder, projection_head
+
+    def forward(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        h = self.encoder(x)
+        return h, self.projection_head(h)

@@ -1,0 +1,140 @@
+"""Evaluation protocols on frozen features: weighted kNN, linear evaluation, classifier accuracy.
+
+- Weighted kNN (the peers' monitor, Wu et al. 2018): cosine similarity to a labelled bank, the k
+  nearest vote with weight exp(sim / tau); k = 200, tau 0.1 by default.
+- Linear evaluation on cached features of the centre-cropped images: multinomial logistic regression
+  fitted by L-BFGS (exact, fast on a CPU), or SGD with Nesterov momentum as in SimCLR (90 epochs,
+  no weight decay). Caching features means no crop+flip during linear training (SimCLR augments
+  there); the difference is documented and small.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from simclrv2.augment import center_crop
+from simclrv2.data import ImageDataset, epoch_batches
+from simclrv2.runtime import Runtime
+
+
+def topk_accuracy(scores: Tensor, labels: Tensor, ks: tuple[int, ...] = (1, 5)) -> dict[str, float]:
+    """Top-k accuracy in percent of class ``scores`` (N, C) against ``labels`` (N,)."""
+    ranked = scores.topk(min(max(ks), scores.shape[1]), dim=1).indices  # (N, k)
+    hits = ranked == labels[:, None]
+    return {f"top{k}": 100.0 * hits[:, :k].any(dim=1).float().mean().item() for k in ks}
+
+
+@torch.no_grad()
+def extract(
+    fn: Callable[[Tensor], Tensor],
+    data: ImageDataset,
+    runtime: Runtime,
+    image_size: int,
+    batch_size: int = 512,
+) -> tuple[Tensor, Tensor]:
+    """``fn`` (float images on the device -> (B, D)) over ``data`` in order, centre-cropped as for
+    evaluation; returns (features (N, D) float32 on the CPU, labels (N,))."""
+    features, labels = [], []
+    for images, batch_labels in epoch_batches(
+        data, batch_size, seed=0, epoch=0, shuffle=False, drop_last=False, device=runtime.device
+    ):
+        with runtime.autocast():
+            out = fn(runtime.images(center_crop(images, image_size)))
+        features.append(out.float().cpu())
+        labels.append(batch_labels.cpu())
+    return torch.cat(features), torch.cat(labels)
+
+
+def knn_scores(
+    bank: Tensor, bank_labels: Tensor, queries: Tensor, num_classes: int, k: int = 200, temperature: float = 0.1,
+    chunk: int = 1024,
+) -> Tensor:  # fmt: skip
+    """Class scores (Q, C) of weighted kNN: the k most cosine-similar bank rows vote exp(sim / tau)."""
+    bank = F.normalize(bank, dim=1)
+    k = min(k, bank.shape[0])
+    scores = []
+    for start in range(0, queries.shape[0], chunk):
+        similarity = F.normalize(queries[start : start + chunk], dim=1) @ bank.T  # (q, N)
+        top_sim, top_idx = similarity.topk(k, dim=1)  # (q, k)
+        votes = torch.zeros(similarity.shape[0], num_classes)
+        votes.scatter_add_(1, bank_labels[top_idx], (top_sim / temperature).exp())
+        scores.append(votes)
+    return torch.cat(scores)
+
+
+def knn_accuracy(
+    bank: Tensor, bank_labels: Tensor, queries: Tensor, labels: Tensor, num_classes: int, k: int = 200,
+    temperature: float = 0.1,
+) -> dict[str, float]:  # fmt: skip
+    return topk_accuracy(
+        knn_scores(bank, bank_labels, queries, num_classes, k, temperature), labels
+    )
+
+
+@dataclass
+class LinearProbe:
+    """A fitted logistic regression on standardised features (mean/std of the training features)."""
+
+    weight: Tensor  # (C, D)
+    bias: Tensor  # (C,)
+    mean: Tensor  # (D,)
+    std: Tensor  # (D,)
+
+    def __call__(self, features: Tensor) -> Tensor:
+        return ((features - self.mean) / self.std) @ self.weight.T + self.bias
+
+
+def fit_linear_lbfgs(
+    features: Tensor, labels: Tensor, num_classes: int, l2: float = 1e-4, max_iter: int = 300
+) -> LinearProbe:
+    """Multinomial logistic regression with an L2 penalty ``l2 * ||W||^2 / 2``, fitted by L-BFGS."""
+    features = features.double()
+    mean, std = features.mean(0), features.std(0).clamp_min(1e-6)
+    x = (features - mean) / std
+    weight = torch.zeros(num_classes, x.shape[1], dtype=x.dtype, requires_grad=True)
+    bias = torch.zeros(num_classes, dtype=x.dtype, requires_grad=True)
+    optimizer = torch.optim.LBFGS(
+        [weight, bias], lr=1, max_iter=max_iter, line_search_fn="strong_wolfe"
+    )
+
+    def closure() -> Tensor:
+        optimizer.zero_grad()
+        loss = F.cross_entropy(x @ weight.T + bias, labels) + 0.5 * l2 * weight.pow(2).sum()
+        loss.backward()
+        return loss
+
+    optimizer.step(closure)
+    return LinearProbe(weight.detach().float(), bias.detach().float(), mean.float(), std.float())
+
+
+def fit_linear_sgd(
+    features: Tensor,
+    labels: Tensor,
+    num_classes: int,
+    epochs: int,
+    batch_size: int,
+    lr: float,
+    seed: int = 0,
+) -> LinearProbe:
+    """SimCLR's linear evaluation on cached features: SGD, Nesterov momentum 0.9, cosine decay, no decay."""
+    mean, std = features.mean(0), features.std(0).clamp_min(1e-6)
+    x = (features - mean) / std
+    linear = torch.nn.Linear(x.shape[1], num_classes)
+    torch.nn.init.zeros_(linear.weight)
+    torch.nn.init.zeros_(linear.bias)
+    optimizer = torch.optim.SGD(linear.parameters(), lr=lr, momentum=0.9, nesterov=True)
+    generator = torch.Generator().manual_seed(seed)
+    steps = epochs * max(1, -(-x.shape[0] // batch_size))
+    scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, steps)
+    for _ in range(epochs):
+        for idx in torch.randperm(x.shape[0], generator=generator).split(batch_size):
+            optimizer.zero_grad()
+            F.cross_entropy(linear(x[idx]), labels[idx]).backward()
+            optimizer.step()
+            scheduler.step()
+    return LinearProbe(linear.weight.detach(), linear.bias.detach(), mean, std)

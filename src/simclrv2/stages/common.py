@@ -1,0 +1,83 @@
+"""What every stage needs: its directory and metrics, the training image size, the schedule, and
+the accuracy of a classifier on the test set."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from simclrv2 import distributed
+from simclrv2.config import OptimizerConfig
+from simclrv2.data import ImageDataset, batches_per_epoch
+from simclrv2.evaluation import extract, topk_accuracy
+from simclrv2.metrics import MetricsWriter
+from simclrv2.optim import WarmupCosine, build_optimizer, scaled_learning_rate
+from simclrv2.runtime import Runtime
+from simclrv2.training import Stage
+
+RESULTS = "results.json"
+
+
+def open_stage(name: str, directory: Path, runtime: Runtime) -> Stage:
+    directory.mkdir(parents=True, exist_ok=True)
+    writer = MetricsWriter(directory / "metrics.csv", name, enabled=distributed.rank() == 0)
+    return Stage(name, directory, runtime, writer)
+
+
+def optimizer_and_schedule(
+    settings: OptimizerConfig, model: nn.Module, epochs: int, batch_size: int, dataset_size: int,
+    classifiers: tuple[nn.Module, ...] = (),
+) -> tuple[torch.optim.Optimizer, WarmupCosine]:  # fmt: skip
+    """The optimiser over ``model``'s parameter groups, and warm-up + cosine over the whole run, with
+    the learning rate scaled by the global batch size."""
+    peak = scaled_learning_rate(settings.base_lr, batch_size, settings.lr_scaling)
+    steps = batches_per_epoch(
+        dataset_size, batch_size, drop_last=True, world_size=distributed.world_size()
+    )
+    schedule = WarmupCosine.from_warmup(
+        peak, epochs * steps, settings.warmup, settings.warmup_unit, steps
+    )
+    optimizer = build_optimizer(
+        settings.optimizer,
+        model,
+        peak,
+        settings.weight_decay,
+        settings.momentum,
+        classifiers=classifiers,
+    )
+    return optimizer, schedule
+
+
+@torch.no_grad()
+def classifier_accuracy(
+    model: nn.Module, test: ImageDataset, runtime: Runtime, image_size: int
+) -> dict:
+    """Top-1/top-5 in percent of a classifier on centre-cropped test images, and its confusion matrix
+    (rows: true class, columns: predicted)."""
+    model.eval()
+    logits, labels = extract(model, test, runtime, image_size)
+    keep = labels >= 0
+    logits, labels = logits[keep], labels[keep]
+    classes = logits.shape[1]
+    confusion = torch.bincount(labels * classes + logits.argmax(1), minlength=classes * classes)
+    return topk_accuracy(logits, labels) | {
+        "confusion": confusion.reshape(classes, classes).tolist()
+    }
+
+
+def write_results(directory: Path, results: dict) -> None:
+    if distributed.rank() == 0:
+        (directory / RESULTS).write_text(json.dumps(results, indent=2) + "\n")
+
+
+def read_results(directory: Path) -> dict | None:
+    path = directory / RESULTS
+    return json.loads(path.read_text()) if path.exists() else None
+
+
+def train_image_size(configured: int | None, data: ImageDataset) -> int:
+    """The side the networks see: the configured size, else the data's own."""
+    return configured or data.image_size

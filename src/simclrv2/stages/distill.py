@@ -1,0 +1,98 @@
+"""Stage 3: distillation with the unlabelled images (SimCLRv2 Sec. 2, Eq. 3).
+
+The fine-tuned network is a frozen teacher (eval mode); a student, of the same architecture
+(self-distillation) or a smaller one, is trained from scratch to match the teacher's class
+distribution at temperature tau on the unlabelled images, optionally mixed with the labelled
+cross-entropy: alpha * L_distill + (1 - alpha) * L_label. The student is the encoder plus a linear
+classifier (no projection head, as in the paper); only crop and flip augment the images, and the
+teacher sees the same view as the student.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from simclrv2.augment import crop_flip
+from simclrv2.config import Config
+from simclrv2.data import ImageDataset
+from simclrv2.export import ExportedModel, save_exported
+from simclrv2.losses import distillation_loss
+from simclrv2.metrics import LOG
+from simclrv2.models import Classifier, LinearClassifier, arch_name, build_encoder
+from simclrv2.runtime import Runtime
+from simclrv2.stages.common import (
+    classifier_accuracy,
+    open_stage,
+    optimizer_and_schedule,
+    train_image_size,
+    write_results,
+)
+from simclrv2.stages.finetune import ClassifierResult
+from simclrv2.training import fit
+
+
+def distill(
+    config: Config, directory: Path, unlabelled: ImageDataset, labelled: ImageDataset | None, test: ImageDataset,
+    runtime: Runtime, teacher: Classifier,
+) -> ClassifierResult:  # fmt: skip
+    started = time.perf_counter()
+    settings, stage = config.distill, open_stage("distill", directory, runtime)
+    size = train_image_size(config.data.image_size, unlabelled)
+    teacher = runtime.module(teacher).eval().requires_grad_(False)
+    arch = settings.student_arch or arch_name(teacher.encoder.spec)
+    encoder = build_encoder(arch, image_size=size, in_channels=unlabelled.channels)
+    num_classes = teacher.linear.out_features
+    student = runtime.module(
+        Classifier(encoder, nn.Sequential(), LinearClassifier(encoder.out_dim, num_classes))
+    )
+    optimizer, schedule = optimizer_and_schedule(
+        settings,
+        student,
+        settings.epochs,
+        settings.batch_size,
+        len(unlabelled),
+        classifiers=(student.linear,),
+    )
+    mix_labels = settings.alpha < 1 and labelled is not None
+
+    def step(images: Tensor, labels: Tensor, generator: torch.Generator) -> dict[str, Tensor]:
+        x = runtime.images(crop_flip(images, size, generator))
+        with torch.no_grad():
+            teacher_logits = teacher(x)
+        loss = distillation_loss(
+            student(x), teacher_logits, settings.temperature, settings.scale_by_t2
+        )
+        values = {"distill_loss": loss.detach()}
+        if mix_labels:  # a labelled batch of the same size, drawn with the run's generator
+            pick = torch.randint(
+                len(labelled), (images.shape[0],), generator=generator, device=generator.device
+            )
+            labelled_images, targets = labelled.images[pick.cpu()], labelled.labels[pick.cpu()]
+            x_labelled = runtime.images(
+                crop_flip(labelled_images.to(runtime.device), size, generator)
+            )
+            supervised = F.cross_entropy(student(x_labelled), targets.to(runtime.device))
+            loss = settings.alpha * loss + (1 - settings.alpha) * supervised
+            values["label_loss"] = supervised.detach()
+        return values | {"loss": loss}
+
+    fit(
+        stage, step, {"student": student}, optimizer, schedule, unlabelled, batch_size=settings.batch_size,
+        epochs=settings.epochs, seed=config.runtime.seed,
+    )  # fmt: skip
+    metrics = classifier_accuracy(student, test, runtime, size) | {"student": arch}
+    metrics["seconds"] = (
+        time.perf_counter() - started
+    )  # this invocation (a resumed run counts its own part)
+    exported = ExportedModel(
+        encoder, None, student.linear, 0, info={"stage": "distill", "student": arch}
+    )
+    save_exported(exported, directory / "model", overwrite=True)
+    write_results(directory, metrics)
+    LOG.info("distill (%s student): top-1 %.2f%%", arch, metrics["top1"])
+    return ClassifierResult(student, exported, metrics)

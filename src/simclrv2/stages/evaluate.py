@@ -1,0 +1,72 @@
+"""Evaluation of a trained encoder's representation h: linear evaluation and weighted kNN."""
+
+from __future__ import annotations
+
+from simclrv2.config import Config
+from simclrv2.data import ImageDataset
+from simclrv2.evaluation import (
+    extract,
+    fit_linear_lbfgs,
+    fit_linear_sgd,
+    knn_accuracy,
+    topk_accuracy,
+)
+from simclrv2.export import ExportedModel
+from simclrv2.optim import scaled_learning_rate
+from simclrv2.runtime import Runtime
+from simclrv2.stages.common import train_image_size
+
+
+def _features(exported: ExportedModel, data: ImageDataset, runtime: Runtime, size: int):
+    encoder = runtime.module(exported.encoder).eval()
+    features, labels = extract(encoder, data, runtime, size)
+    known = labels >= 0
+    return features[known], labels[known]
+
+
+def linear_eval(
+    config: Config,
+    exported: ExportedModel,
+    train: ImageDataset,
+    test: ImageDataset,
+    runtime: Runtime,
+) -> dict:
+    """Linear evaluation (frozen encoder, features cached once) on all labelled training images."""
+    size = train_image_size(config.data.image_size, train)
+    train_h, train_y = _features(exported, train, runtime, size)
+    test_h, test_y = _features(exported, test, runtime, size)
+    settings = config.linear
+    if settings.method == "lbfgs":
+        probe = fit_linear_lbfgs(train_h, train_y, train.num_classes, settings.l2)
+    else:
+        lr = scaled_learning_rate(settings.base_lr, settings.batch_size, settings.lr_scaling)
+        probe = fit_linear_sgd(
+            train_h,
+            train_y,
+            train.num_classes,
+            settings.epochs,
+            settings.batch_size,
+            lr,
+            config.runtime.seed,
+        )
+    return topk_accuracy(probe(test_h), test_y) | {
+        "method": settings.method,
+        "train_images": len(train_y),
+    }
+
+
+def knn_eval(
+    config: Config,
+    exported: ExportedModel,
+    train: ImageDataset,
+    test: ImageDataset,
+    runtime: Runtime,
+) -> dict:
+    """Weighted kNN accuracy of h with the labelled training images as the bank."""
+    size = train_image_size(config.data.image_size, train)
+    bank, bank_y = _features(exported, train, runtime, size)
+    queries, labels = _features(exported, test, runtime, size)
+    settings = config.pretrain
+    return knn_accuracy(
+        bank, bank_y, queries, labels, train.num_classes, settings.knn_k, settings.knn_temperature
+    ) | {"k": settings.knn_k}

@@ -1,0 +1,217 @@
+"""The loop every training stage shares, so each stage only writes its step.
+
+:func:`fit` runs epochs of batches: the learning rate from the schedule at every optimiser step,
+the stage's ``step`` (forward and loss, under autocast), backward and the optimiser, a progress bar,
+metrics, checkpoints every ``checkpoint_every`` steps and at each epoch end, and exact resume:
+modules, optimiser, schedule position, the augmentation generator and the position inside the epoch
+(the data order is a function of the seed and the epoch). SIGTERM or SIGINT finish the current
+step, write a checkpoint and raise :class:`Interrupted`. A non-finite loss stops the run with the
+step and the likely cause, and the last good checkpoint stays in place.
+"""
+
+from __future__ import annotations
+
+import signal
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import torch
+from torch import Tensor, nn
+
+from simclrv2 import distributed
+from simclrv2.checkpoint import load_latest, save_checkpoint
+from simclrv2.data import ImageDataset, batches_per_epoch, epoch_batches
+from simclrv2.errors import Interrupted, UserError
+from simclrv2.metrics import LOG, MetricsWriter, progress_bar
+from simclrv2.optim import WarmupCosine, set_learning_rate
+from simclrv2.runtime import Runtime
+
+StepFn = Callable[[Tensor, Tensor, torch.Generator], dict[str, Tensor]]
+LOG_EVERY = 10  # optimiser steps between metric rows
+
+
+@dataclass
+class Position:
+    """Where training is: epochs done, batches done in the current epoch, optimiser steps done."""
+
+    epoch: int = 0
+    batch: int = 0
+    step: int = 0
+
+
+@dataclass
+class Stage:
+    """One stage's run directory and the services its loop needs."""
+
+    name: str
+    directory: Path
+    runtime: Runtime
+    metrics: MetricsWriter
+
+    @property
+    def checkpoints(self) -> Path:
+        return self.directory / "checkpoints"
+
+
+class _StopSignal:
+    """Turns SIGTERM/SIGINT into a flag checked between steps (main thread only)."""
+
+    def __init__(self) -> None:
+        self.requested = False
+        self._previous: dict[int, object] = {}
+
+    def __enter__(self) -> _StopSignal:
+        if threading.current_thread() is threading.main_thread():
+            for sig in (signal.SIGTERM, signal.SIGINT):
+                self._previous[sig] = signal.signal(sig, self._handle)
+        return self
+
+    def _handle(self, signum: int, frame: object) -> None:
+        if self.requested and signum == signal.SIGINT:  # a second Ctrl-C stops at once
+            raise KeyboardInterrupt
+        self.requested = True
+        LOG.warning(
+            "%s received: finishing this step, then writing a checkpoint",
+            signal.Signals(signum).name,
+        )
+
+    def __exit__(self, *exc: object) -> None:
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)
+
+
+def _rng_state(generator: torch.Generator) -> dict[str, Tensor]:
+    state = {"augment": generator.get_state(), "torch": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state()
+    return state
+
+
+def _restore_rng(state: dict[str, Tensor], generator: torch.Generator) -> None:
+    generator.set_state(state["augment"])
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state(state["cuda"])
+
+
+def fit(
+    stage: Stage,
+    step_fn: StepFn,
+    modules: dict[str, nn.Module],
+    optimizer: torch.optim.Optimizer,
+    schedule: WarmupCosine,
+    data: ImageDataset,
+    *,
+    batch_size: int,
+    epochs: int,
+    seed: int,
+    end_of_epoch: Callable[[int], dict[str, float]] | None = None,
+    checkpoint_every: int = 0,
+) -> Position:
+    """Train ``modules`` with ``step_fn`` (images uint8 on the device, labels, generator -> metrics
+    with a differentiable ``loss``) for ``epochs``, resuming from the stage's latest checkpoint."""
+    runtime, is_main = stage.runtime, distributed.rank() == 0
+    generator = runtime.generator(seed + 1000 * distributed.rank())  # per-rank augmentation stream
+    position = Position()
+    saved = load_latest(stage.checkpoints, map_location=runtime.device)
+    if saved is not None:
+        for name, module in modules.items():
+            module.load_state_dict(saved["modules"][name])
+        optimizer.load_state_dict(saved["optimizer"])
+        _restore_rng(saved["rng"], generator)
+        position = Position(**saved["position"])
+        LOG.info(
+            "%s: resumed at epoch %d, batch %d, step %d",
+            stage.name,
+            position.epoch,
+            position.batch,
+            position.step,
+        )
+
+    def checkpoint() -> None:
+        if is_main:
+            state = {
+                "modules": {name: module.state_dict() for name, module in modules.items()},
+                "optimizer": optimizer.state_dict(),
+                "rng": _rng_state(generator),
+                "position": asdict(position),
+            }
+            save_checkpoint(stage.checkpoints, position.step, state)
+        if distributed.is_distributed():
+            torch.distributed.barrier()
+
+    steps_per_epoch = batches_per_epoch(
+        len(data), batch_size, drop_last=True, world_size=distributed.world_size()
+    )
+    if steps_per_epoch == 0:
+        raise UserError(
+            f"{stage.name}: {len(data)} images make no full batch of {batch_size}; lower {stage.name}.batch_size"
+        )
+    for module in modules.values():
+        module.train()
+    bar = progress_bar(epochs * steps_per_epoch, position.step, stage.name, enabled=is_main)
+    images_per_step = batch_size
+    with _StopSignal() as stop:
+        while position.epoch < epochs:
+            batches = epoch_batches(
+                data, batch_size, seed=seed, epoch=position.epoch, start_batch=position.batch,
+                rank=distributed.rank(), world_size=distributed.world_size(), device=runtime.device,
+            )  # fmt: skip
+            for images, labels in batches:
+                started = time.perf_counter()
+                lr = schedule(position.step)
+                set_learning_rate(optimizer, lr)
+                with runtime.autocast():
+                    values = step_fn(images, labels, generator)
+                loss = values["loss"]
+                if not torch.isfinite(loss.detach()):
+                    raise UserError(
+                        f"{stage.name}: the loss became {loss.item()} at step {position.step} (lr {lr:.3g}); "
+                        f"the learning rate is likely too high for batch size {batch_size}: lower "
+                        f"{stage.name}.base_lr. The last good checkpoint is kept in {stage.checkpoints}"
+                    )
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                optimizer.step()
+                position.step += 1
+                position.batch += 1
+                rate = images_per_step / (time.perf_counter() - started)
+                if position.step % LOG_EVERY == 0 or position.batch == steps_per_epoch:
+                    scalars = {k: v.item() for k, v in values.items()} | {
+                        "lr": lr,
+                        "images_per_s": rate,
+                    }
+                    stage.metrics.write(
+                        position.step, position.epoch + position.batch / steps_per_epoch, scalars
+                    )
+                    bar.set_postfix(
+                        loss=f"{scalars['loss']:.4f}",
+                        lr=f"{lr:.3g}",
+                        img_s=f"{rate:.0f}",
+                        refresh=False,
+                    )
+                bar.update(1)
+                if stop.requested:
+                    checkpoint()
+                    bar.close()
+                    raise Interrupted(stage.directory, position.step)
+                if checkpoint_every and position.step % checkpoint_every == 0:
+                    checkpoint()
+            position.epoch += 1
+            position.batch = 0
+            if end_of_epoch is not None:
+                epoch_values = end_of_epoch(position.epoch)
+                for module in modules.values():
+                    module.train()
+                if epoch_values:
+                    stage.metrics.write(position.step, position.epoch, epoch_values)
+                    LOG.info(
+                        "%s epoch %d: %s", stage.name, position.epoch,
+                        ", ".join(f"{k} {v:.4g}" for k, v in epoch_values.items()),
+                    )  # fmt: skip
+            checkpoint()
+    bar.close()
+    return position
