@@ -213,6 +213,12 @@ def _embed(args: argparse.Namespace) -> None:
     print(f"{len(data)} embeddings of dimension {exported.encoder.out_dim}: {out}")
 
 
+def _report(args: argparse.Namespace) -> None:
+    from simclrv2.report import build_report
+
+    print(f"report: {build_report(args.run_dir)}")
+
+
 # ----------------------------------------------------------------------------------------------
 # Parser
 

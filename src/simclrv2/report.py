@@ -1,0 +1,221 @@
+"""``simclrv2 report RUN_DIR``: one HTML page with PNG plots of a run, for a person to look at.
+
+It shows the results table, loss and learning-rate curves of every stage, kNN and linear accuracy
+over the epochs, a 2-D map (PCA) of the test embeddings coloured by class, the confusion matrix of
+each classifier, and an augmentation grid. It renders whatever the directory holds, so it works
+on an interrupted run too (missing parts are named, not fatal).
+"""
+
+from __future__ import annotations
+
+import html
+import json
+from collections import defaultdict
+from pathlib import Path
+
+import torch
+from matplotlib.figure import Figure
+
+from simclrv2.errors import UserError
+from simclrv2.metrics import read_metrics
+from simclrv2.tables import format_table
+
+FIGURES = "report"
+CURVES = ("loss", "contrastive_loss", "online_loss", "distill_loss", "label_loss")
+ACCURACIES = ("knn_top1", "online_linear_top1")
+
+
+def _stage_dirs(run: Path) -> list[Path]:
+    """The run itself if it is a single stage, else its stage folders, in the order they ran."""
+    if (run / "metrics.csv").exists():
+        return [run]
+    stages = [d for d in run.iterdir() if d.is_dir() and (d / "metrics.csv").exists()]
+    return sorted(stages, key=lambda d: (d / "metrics.csv").stat().st_mtime)
+
+
+def _save(figure: Figure, path: Path) -> str:
+    figure.tight_layout()
+    figure.savefig(path, dpi=110)
+    return path.name
+
+
+def _curves(stage: Path, rows: list[dict], out: Path) -> str | None:
+    series: dict[str, list[tuple[int, float]]] = defaultdict(list)
+    for row in rows:
+        series[row["name"]].append((row["step"], row["value"]))
+    losses = [name for name in CURVES if name in series]
+    if not losses:
+        return None
+    figure = Figure(figsize=(10, 3.2))
+    left, right = figure.subplots(1, 2)
+    for name in losses:
+        steps, values = zip(*sorted(series[name]))
+        left.plot(steps, values, label=name)
+    left.set(xlabel="step", ylabel="loss", title=f"{stage.name}: loss")
+    left.legend(fontsize=8)
+    if "lr" in series:
+        steps, values = zip(*sorted(series["lr"]))
+        right.plot(steps, values, color="tab:green")
+    right.set(xlabel="step", ylabel="learning rate", title=f"{stage.name}: learning rate")
+    return _save(figure, out / f"{stage.name}-curves.png")
+
+
+def _accuracy_over_epochs(stage: Path, rows: list[dict], out: Path) -> str | None:
+    series: dict[str, list[tuple[float, float]]] = defaultdict(list)
+    for row in rows:
+        if row["name"] in ACCURACIES:
+            series[row["name"]].append((row["epoch"], row["value"]))
+    if not series:
+        return None
+    figure = Figure(figsize=(5, 3.2))
+    axis = figure.subplots()
+    for name, points in series.items():
+        epochs, values = zip(*sorted(points))
+        axis.plot(epochs, values, marker="o", label=name.replace("_top1", " top-1"))
+    axis.set(xlabel="epoch", ylabel="test accuracy (%)", title=f"{stage.name}: monitors")
+    axis.legend(fontsize=8)
+    return _save(figure, out / f"{stage.name}-accuracy.png")
+
+
+def _confusion(stage: Path, out: Path) -> str | None:
+    path = stage / "results.json"
+    results = json.loads(path.read_text()) if path.exists() else {}
+    if not isinstance(results, dict) or "confusion" not in results:
+        return None
+    matrix = torch.tensor(results["confusion"], dtype=torch.float32)
+    normalised = matrix / matrix.sum(1, keepdim=True).clamp_min(1)
+    figure = Figure(figsize=(4.2, 3.8))
+    axis = figure.subplots()
+    image = axis.imshow(normalised, cmap="Blues", vmin=0, vmax=1)
+    axis.set(
+        xlabel="predicted class",
+        ylabel="true class",
+        title=f"{stage.name}: top-1 {results['top1']:.1f}%",
+    )
+    figure.colorbar(image, ax=axis, fraction=0.046)
+    return _save(figure, out / f"{stage.name}-confusion.png")
+
+
+def _embedding_map(run: Path, out: Path) -> str | None:
+    """PCA of h on the test images, coloured by class, from the pretrained encoder."""
+    from simclrv2.data import load_dataset
+    from simclrv2.evaluation import extract
+    from simclrv2.export import load_exported
+    from simclrv2.rundir import load_run_config
+    from simclrv2.runtime import resolve_runtime
+    from simclrv2.stages.common import train_image_size
+
+    model_dir = next(
+        (d / "model" for d in (run / "pretrain", run) if (d / "model" / "model.json").exists()),
+        None,
+    )
+    if model_dir is None:
+        return None
+    config = load_run_config(run)
+    exported = load_exported(model_dir)
+    test = load_dataset(
+        config.data.source, config.data.test_split, image_size=config.data.image_size
+    )
+    test = test.subset(torch.arange(min(len(test), 2000)))
+    runtime = resolve_runtime(config.runtime)
+    features, labels = extract(
+        runtime.module(exported.encoder).eval(),
+        test,
+        runtime,
+        train_image_size(config.data.image_size, test),
+    )
+    centred = features - features.mean(0)
+    _, _, components = torch.pca_lowrank(centred, q=2, center=False)
+    points = centred @ components[:, :2]
+    figure = Figure(figsize=(5.5, 4.5))
+    axis = figure.subplots()
+    scatter = axis.scatter(points[:, 0], points[:, 1], c=labels, cmap="tab10", s=4)
+    names = test.classes or [str(c) for c in range(int(labels.max()) + 1)]
+    axis.legend(scatter.legend_elements()[0], names, fontsize=7, loc="best", markerscale=0.8)
+    axis.set(title="test embeddings h (PCA)", xticks=[], yticks=[])
+    return _save(figure, out / "embeddings.png")
+
+
+def _augmentations(run: Path, out: Path) -> str | None:
+    from simclrv2.augment import SimCLRAugment
+    from simclrv2.data import load_dataset
+    from simclrv2.rundir import load_run_config
+    from simclrv2.visualize import augmentation_grid
+
+    config = load_run_config(run)
+    data = load_dataset(config.data.source, "train", image_size=config.data.image_size)
+    a = config.augment
+    size = config.data.image_size or data.image_size
+    augment = SimCLRAugment(
+        size=size,
+        jitter_strength=a.jitter_strength,
+        blur=a.blur,
+        brightness=a.brightness,
+        crop_scale=(a.crop_min_area, 1.0),
+    )
+    grid = augmentation_grid(
+        data.images[:8], augment, views=6, generator=torch.Generator().manual_seed(0)
+    )
+    grid.save(out / "augmentations.png")
+    return "augmentations.png"
+
+
+def _results_table(run: Path) -> str:
+    path = run / "results.json"
+    if not path.exists():
+        return "<p>No results table yet (the run has not finished).</p>"
+    rows = json.loads(path.read_text())
+    rows = rows if isinstance(rows, list) else [{k: v for k, v in rows.items() if k != "confusion"}]
+    return f"<pre>{html.escape(format_table(rows))}</pre>"
+
+
+def build_report(run: str | Path) -> Path:
+    """Write ``RUN/report.html`` (and ``RUN/report/*.png``); returns the HTML path."""
+    run = Path(run)
+    if not run.is_dir():
+        raise UserError(f"{run} is not a directory; give a run directory (runs/...)")
+    stages = _stage_dirs(run)
+    if not stages and not (run / "config.yaml").exists():
+        raise UserError(
+            f"{run} holds no run (no config.yaml and no metrics.csv); give the directory a run wrote"
+        )
+    out = run / FIGURES
+    out.mkdir(exist_ok=True)
+    sections = [f"<h2>Results</h2>{_results_table(run)}"]
+    for stage in stages:
+        rows = read_metrics(stage / "metrics.csv")
+        figures = [
+            _curves(stage, rows, out),
+            _accuracy_over_epochs(stage, rows, out),
+            _confusion(stage, out),
+        ]
+        images = "".join(f'<img src="{FIGURES}/{name}">' for name in figures if name)
+        sections.append(f"<h2>{html.escape(stage.name)}</h2>{images or '<p>no metrics yet</p>'}")
+    for title, render in (("Test embeddings", _embedding_map), ("Augmentations", _augmentations)):
+        try:
+            name = render(run, out)
+        except UserError as error:
+            name, note = None, str(error)
+        else:
+            note = "not available for this run (no pretrained model yet)"
+        sections.append(
+            f"<h2>{title}</h2>"
+            + (f'<img src="{FIGURES}/{name}">' if name else f"<p>{html.escape(note)}</p>")
+        )
+    config = (run / "config.yaml").read_text() if (run / "config.yaml").exists() else ""
+    environment = (
+        (run / "environment.json").read_text() if (run / "environment.json").exists() else ""
+    )
+    page = f"""<!doctype html>
+<html><head><meta charset="utf-8"><title>simclrv2 report: {html.escape(run.name)}</title>
+<style>body{{font-family:sans-serif;max-width:1100px;margin:2em auto;padding:0 1em}}
+img{{max-width:100%;margin:4px}} pre{{background:#f6f6f6;padding:8px;overflow-x:auto}}</style></head>
+<body><h1>simclrv2 run {html.escape(run.name)}</h1>
+{"".join(sections)}
+<h2>Configuration</h2><pre>{html.escape(config)}</pre>
+<h2>Environment</h2><pre>{html.escape(environment)}</pre>
+</body></html>
+"""
+    path = run / "report.html"
+    path.write_text(page)
+    return path
