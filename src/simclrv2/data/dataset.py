@@ -1,0 +1,114 @@
+"""The one shape every data source ends up in: a uint8 (N, C, H, W) tensor plus int64 labels.
+
+Every reader (IDX, CIFAR, STL-10, image folders, the embedded set) returns an :class:`ImageDataset`
+whose images are already decoded and of one fixed square size, held in memory or memory-mapped from
+a ``.npy``/binary file. A batch is then one tensor index (``images[idx]``), with no per-image Python
+during an epoch; augmentation turns the uint8 batch into floats afterwards.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+from torch.utils.data import Dataset
+
+from simclrv2.errors import UserError
+
+UNLABELLED = -1  # the label of an image without one (STL-10's unlabeled split, a flat folder)
+RESIZE_CHUNK = 1024  # images resized per interpolate call, bounding the float32 working memory
+
+
+class ImageDataset(Dataset):
+    """Decoded square images with labels, indexable by tensors.
+
+    ``images`` is uint8 (N, C, H, W), C = 1 (greyscale) or 3 (RGB); it may be a non-contiguous view
+    (STL-10's column-major files, :meth:`to_rgb`) or memory-mapped. ``labels`` is int64 (N,), -1 for
+    unlabelled images. ``classes`` names the label values 0..K-1; ``names`` optionally gives each
+    image's file name (image folders, CIFAR), for file-name subsets and ``embed`` output.
+    """
+
+    def __init__(
+        self,
+        images: Tensor,
+        labels: Tensor | None = None,
+        classes: Sequence[str] = (),
+        names: Sequence[str] | None = None,
+    ) -> None:
+        if images.dtype != torch.uint8 or images.dim() != 4 or images.shape[-1] != images.shape[-2]:
+            raise ValueError(
+                f"images must be uint8 (N, C, S, S), got {images.dtype} {tuple(images.shape)}"
+            )
+        n = images.shape[0]
+        if labels is None:
+            labels = torch.full((n,), UNLABELLED, dtype=torch.int64)
+        if labels.shape != (n,):
+            raise ValueError(f"labels must have shape ({n},), got {tuple(labels.shape)}")
+        if names is not None and len(names) != n:
+            raise ValueError(f"names must have {n} entries, got {len(names)}")
+        self.images = images
+        self.labels = labels.to(torch.int64)
+        self.classes = list(classes)
+        self.names = None if names is None else list(names)
+
+    def __len__(self) -> int:
+        return self.images.shape[0]
+
+    def __getitem__(self, index: int) -> tuple[Tensor, int]:
+        return self.images[index], int(self.labels[index])
+
+    def __repr__(self) -> str:
+        labelled = int((self.labels != UNLABELLED).sum())
+        return (
+            f"ImageDataset({len(self)} images of {self.channels}x{self.image_size}x{self.image_size}, "
+            f"{labelled} labelled, {self.num_classes} classes)"
+        )
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.classes)
+
+    @property
+    def channels(self) -> int:
+        return self.images.shape[1]
+
+    @property
+    def image_size(self) -> int:
+        """Side of the square images, in pixels."""
+        return self.images.shape[-1]
+
+    def subset(self, indices: Tensor | Sequence[int]) -> ImageDataset:
+        """The images at ``indices`` (in that order), copied into memory."""
+        indices = torch.as_tensor(indices, dtype=torch.int64)
+        names = None if self.names is None else [self.names[i] for i in indices.tolist()]
+        return ImageDataset(self.images[indices], self.labels[indices], self.classes, names)
+
+    def to_rgb(self) -> ImageDataset:
+        """Greyscale repeated into 3 equal channels, as a view (no copy); RGB data is returned as is."""
+        if self.channels == 3:
+            return self
+        return ImageDataset(
+            self.images.expand(-1, 3, -1, -1), self.labels, self.classes, self.names
+        )
+
+    def resized(self, size: int) -> ImageDataset:
+        """All images resized to ``size`` px once, bicubic with antialiasing (the reference's filter).
+
+        Returns ``self`` when already that size; the result is in memory even if ``self`` is mapped.
+        """
+        if size == self.image_size:
+            return self
+        out = torch.empty((len(self), self.channels, size, size), dtype=torch.uint8)
+        for start in range(0, len(self), RESIZE_CHUNK):
+            chunk = self.images[start : start + RESIZE_CHUNK].float()
+            chunk = F.interpolate(chunk, size=(size, size), mode="bicubic", antialias=True)
+            out[start : start + RESIZE_CHUNK] = chunk.round_().clamp_(0, 255).to(torch.uint8)
+        return ImageDataset(out, self.labels, self.classes, self.names)
+
+
+def check_split(split: str, valid: Sequence[str], source: object) -> None:
+    """One-line error for a split name that ``source`` does not have."""
+    if split not in valid:
+        raise UserError(f"{source} has no split {split!r}; valid splits: {', '.join(valid)}")

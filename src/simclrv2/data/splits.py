@@ -1,0 +1,125 @@
+"""Label fractions: which images keep their labels for fine-tuning (SimCLRv2's 1% and 10% subsets).
+
+Three ways to choose them: a class-balanced seeded draw (by fraction or by count per class), an index
+file saved by a previous run, or a list of file names in the shape of the authors' ImageNet
+``1percent.txt`` / ``10percent.txt`` (one name per line, e.g. ``n01558993_4148.JPEG``).
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterable
+from pathlib import Path
+
+import torch
+from torch import Tensor
+
+from simclrv2.data.dataset import ImageDataset
+from simclrv2.errors import UserError
+
+
+def class_balanced_indices(
+    labels: Tensor, *, fraction: float | None = None, per_class: int | None = None, seed: int
+) -> Tensor:
+    """Ascending indices of a seeded subset holding the same number of images of every class.
+
+    Either ``per_class`` images of each class, or ``fraction`` of the labelled images shared
+    equally between the classes: ``round(fraction * labelled / classes)`` each (1% of Fashion-MNIST's
+    60,000 train images is 60 per class). Unlabelled images (-1) are never picked. Every subset is
+    the head of each class in one seeded permutation, so for one seed a smaller subset lies inside a
+    larger one (the 1% inside the 10%).
+    """
+    if (fraction is None) == (per_class is None):
+        raise ValueError("give exactly one of fraction and per_class")
+    labelled = labels >= 0
+    classes, counts = torch.unique(labels[labelled], return_counts=True)
+    if len(classes) == 0:
+        raise UserError("no image has a label, so there is no labelled subset to draw")
+    if fraction is not None:
+        if not 0 < fraction <= 1:
+            raise UserError(f"label fraction must be in (0, 1], got {fraction}")
+        per_class = round(fraction * int(counts.sum()) / len(classes))
+        if per_class == 0:
+            raise UserError(
+                f"a label fraction of {fraction} is less than one image per class; ask for more"
+            )
+    if per_class < 1:
+        raise UserError(f"images per class must be at least 1, got {per_class}")
+    if (counts < per_class).any():
+        short = int(counts.argmin())
+        raise UserError(
+            f"class {int(classes[short])} has only {int(counts[short])} labelled images, fewer "
+            f"than the {per_class} per class asked for; ask for fewer"
+        )
+    order = torch.randperm(len(labels), generator=torch.Generator().manual_seed(seed))
+    order = order[labelled[order]]
+    by_class = order[torch.sort(labels[order], stable=True).indices]  # random order within a class
+    sorted_labels = labels[by_class]
+    rank = torch.arange(len(by_class)) - torch.searchsorted(sorted_labels, sorted_labels)
+    return by_class[rank < per_class].sort().values
+
+
+def save_indices(path: str | os.PathLike, indices: Iterable[int], comment: str = "") -> None:
+    """Write indices as text, one per line, after an optional ``# comment`` line (provenance)."""
+    lines = [f"# {comment}"] if comment else []
+    lines += [str(int(i)) for i in indices]
+    Path(path).write_text("\n".join(lines) + "\n")
+
+
+def _entries(path: Path) -> list[tuple[int, str]]:
+    """(line number, text) of each non-blank line of a list file that is not a ``#`` comment."""
+    try:
+        text = path.read_text()
+    except (OSError, UnicodeDecodeError) as error:
+        raise UserError(f"{path}: cannot read ({error}); check the path") from None
+    stripped = ((n, line.strip()) for n, line in enumerate(text.splitlines(), 1))
+    return [(n, line) for n, line in stripped if line and not line.startswith("#")]
+
+
+def load_indices(path: str | os.PathLike, size: int | None = None) -> Tensor:
+    """Indices saved by :func:`save_indices`; with ``size``, each must be a valid index below it."""
+    path = Path(path)
+    indices = []
+    for number, text in _entries(path):
+        if not text.isdigit():
+            raise UserError(f"{path}:{number}: {text!r} is not an image index")
+        indices.append(int(text))
+        if size is not None and indices[-1] >= size:
+            raise UserError(
+                f"{path}:{number}: index {text} is out of range for a data set of {size} images; "
+                "the index file was made for another data set"
+            )
+    return torch.tensor(indices, dtype=torch.int64)
+
+
+def indices_from_names(dataset: ImageDataset, names_file: str | os.PathLike) -> Tensor:
+    """Indices of the images listed by file name, one per line, in the file's order.
+
+    A listed name matches an image's name or its last path component, so the authors' ImageNet
+    lists (``n01558993_4148.JPEG``) match images found as ``n01558993/n01558993_4148.JPEG``.
+    """
+    path = Path(names_file)
+    if dataset.names is None:
+        raise UserError(
+            f"{path}: this data set has no file names to match; file lists work with image folders"
+        )
+    by_base: dict[str, int | None] = {}  # None: several images share this last component
+    for index, name in enumerate(dataset.names):
+        base = Path(name).name
+        by_base[base] = None if base in by_base else index
+    where = by_base | {name: index for index, name in enumerate(dataset.names)}
+    entries = _entries(path)
+    missing = [(n, text) for n, text in entries if text not in where]
+    if missing:
+        number, text = missing[0]
+        raise UserError(
+            f"{path}:{number}: {text!r} is not in the data set ({len(missing)} of {len(entries)} "
+            "listed names are missing); the list was made for another data set"
+        )
+    ambiguous = [(n, text) for n, text in entries if where[text] is None]
+    if ambiguous:
+        number, text = ambiguous[0]
+        raise UserError(
+            f"{path}:{number}: several images are named {text!r}; list them by path in the folder"
+        )
+    return torch.tensor([where[text] for _, text in entries], dtype=torch.int64)
