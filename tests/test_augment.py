@@ -322,7 +322,7 @@ def test_crops_that_never_fit_fall_back_to_a_centre_crop():
 
 def test_view_parameters_follow_the_spec_probabilities_and_ranges():
     n = 20_000
-    augment = SimCLRAugment(size=224, strength=1.0)
+    augment = SimCLRAugment(size=224, jitter_strength=1.0)
     params = augment.sample(n, 256, 256, gen(0))
     for flags, p in [
         (params.flip, 0.5),
@@ -340,7 +340,7 @@ def test_view_parameters_follow_the_spec_probabilities_and_ranges():
         values = params.factors[:, column]
         assert low <= values.min() < low + 0.01 and high - 0.01 < values.max() <= high
     assert 0.1 <= params.sigma.min() < 0.11 and 1.99 < params.sigma.max() <= 2.0
-    v1 = replace(augment, brightness="v1", strength=0.5).sample(n, 256, 256, gen(0))
+    v1 = replace(augment, brightness="v1", jitter_strength=0.5).sample(n, 256, 256, gen(0))
     assert -0.4 <= v1.factors[:, 0].min() < -0.39 and 0.39 < v1.factors[:, 0].max() <= 0.4
     assert not SimCLRAugment(size=32, blur=False).sample(100, 32, 32, gen(0)).blur.any()
 
@@ -351,7 +351,7 @@ def test_views_show_grayscale_and_flip_at_their_rates():
     gray_views = SimCLRAugment(size=8, blur=False)(images, gen(0))
     is_gray = (gray_views.amax(dim=1) == gray_views.amin(dim=1)).flatten(1).all(dim=1)
     assert within_sampling_error(int(is_gray.sum()), n, 0.2)
-    crop_only = SimCLRAugment(size=8, scale=(1, 1), jitter_p=0, grayscale_p=0, blur=False)
+    crop_only = SimCLRAugment(size=8, crop_scale=(1, 1), jitter_p=0, grayscale_p=0, blur=False)
     flipped = (crop_only(images, gen(1)) != images.float() / 255).flatten(1).any(dim=1)
     assert within_sampling_error(int(flipped.sum()), n, 0.5)
 
@@ -401,17 +401,17 @@ def test_views_are_float_in_range_shaped_and_reproducible(channels):
 
 
 def test_reference_recipes():
-    assert SimCLRAugment.reference(32) == SimCLRAugment(size=32, strength=0.5, blur=False)
-    assert SimCLRAugment.reference(224) == SimCLRAugment(size=224, strength=1.0, blur=True)
+    assert SimCLRAugment.reference(32) == SimCLRAugment(size=32, jitter_strength=0.5, blur=False)
+    assert SimCLRAugment.reference(224) == SimCLRAugment(size=224, jitter_strength=1.0, blur=True)
 
 
 @pytest.mark.parametrize(
     "bad",
     [
-        {"strength": 1.5},
+        {"jitter_strength": 1.5},
         {"jitter_p": 1.2},
-        {"scale": (0.5, 0.1)},
-        {"ratio": (0.0, 1.0)},
+        {"crop_scale": (0.5, 0.1)},
+        {"crop_ratio": (0.0, 1.0)},
         {"blur_sigma": (0.0, 1.0)},
         {"size": 0},
         {"brightness": "v3"},

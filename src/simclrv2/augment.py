@@ -21,8 +21,8 @@ Public names:
 Semantics follow the authors' TF2 ``data_util.py`` and the TF kernels it calls:
 
 - Crop: ``crop_sampler="area"`` (default, SPEC and the paper) draws the area fraction
-  U(scale) and a log-uniform aspect ratio in ``ratio``, up to 100 attempts, else a centre
-  crop with the aspect clamped into ``ratio``. ``crop_sampler="tf"`` reproduces
+  U(crop_scale) and a log-uniform aspect ratio in ``crop_ratio``, up to 100 attempts, else a centre
+  crop with the aspect clamped into ``crop_ratio``. ``crop_sampler="tf"`` reproduces
   ``tf.image.sample_distorted_bounding_box`` as the reference calls it: aspect uniform (not
   log-uniform), the crop HEIGHT uniform between the area bounds (so the area is not uniform),
   crops under 10% of the image rejected (``min_object_covered=0.1``), top-left offsets uniform
@@ -221,15 +221,16 @@ def crop_flip(
     images: Tensor,
     size: int,
     generator: torch.Generator,
-    scale: tuple[float, float] = SCALE,
-    ratio: tuple[float, float] = RATIO,
+    crop_scale: tuple[float, float] = SCALE,
+    crop_ratio: tuple[float, float] = RATIO,
     flip_p: float = 0.5,
-    sampler: CropSampler = "area",
+    crop_sampler: CropSampler = "area",
 ) -> Tensor:
     """Random resized crop and horizontal flip only: the augmentation of fine-tuning and
     distillation (SimCLRv2, Sec. 3). uint8 (N, C, H, W) -> float32 (N, C, size, size) in [0, 1].
     """
-    boxes = sample_crop_boxes(len(images), *images.shape[2:], generator, scale, ratio, sampler)
+    n, _, height, width = images.shape
+    boxes = sample_crop_boxes(n, height, width, generator, crop_scale, crop_ratio, crop_sampler)
     flip = torch.rand(len(images), generator=generator, device=generator.device) < flip_p
     return resized_crops(images, boxes, size, flip)
 
@@ -364,15 +365,15 @@ class SimCLRAugment:
 
     ``augment(images_uint8, generator)`` returns one float view per image; the pretraining step
     calls it twice. Defaults are the reference's ImageNet recipe; its CIFAR-10 recipe is
-    ``strength=0.5, blur=False`` (see :meth:`reference`). Semantics: module docstring.
+    ``jitter_strength=0.5, blur=False`` (see :meth:`reference`). Semantics: module docstring.
     """
 
     size: int  # output side in pixels (224 ImageNet; 32 or 28 px data at its own size)
-    scale: tuple[float, float] = SCALE
-    ratio: tuple[float, float] = RATIO
+    crop_scale: tuple[float, float] = SCALE  # crop area fraction range
+    crop_ratio: tuple[float, float] = RATIO  # crop aspect (width / height) range
     crop_sampler: CropSampler = "area"  # "tf": the reference's sample_distorted_bounding_box
     flip_p: float = 0.5
-    strength: float = 1.0  # colour jitter strength s: 1.0 ImageNet, 0.5 CIFAR-10
+    jitter_strength: float = 1.0  # colour jitter strength s: 1.0 ImageNet, 0.5 CIFAR-10
     jitter_p: float = 0.8
     brightness: Literal["v2", "v1"] = "v2"  # v2 multiplies, v1 adds
     grayscale_p: float = 0.2
@@ -392,13 +393,13 @@ class SimCLRAugment:
         ]
         if self.size < 1:
             problems.append(f"size must be at least 1, got {self.size}")
-        if not 0 < self.scale[0] <= self.scale[1] <= 1:
-            problems.append(f"scale must satisfy 0 < low <= high <= 1, got {self.scale}")
-        if not 0 < self.ratio[0] <= self.ratio[1]:
-            problems.append(f"ratio must satisfy 0 < low <= high, got {self.ratio}")
-        if not 0 <= self.strength <= 1.25:
+        if not 0 < self.crop_scale[0] <= self.crop_scale[1] <= 1:
+            problems.append(f"crop_scale must satisfy 0 < low <= high <= 1, got {self.crop_scale}")
+        if not 0 < self.crop_ratio[0] <= self.crop_ratio[1]:
+            problems.append(f"crop_ratio must satisfy 0 < low <= high, got {self.crop_ratio}")
+        if not 0 <= self.jitter_strength <= 1.25:
             problems.append(
-                f"strength must be in [0, 1.25] (0.8 s <= 1 as the reference), got {self.strength}"
+                f"jitter_strength must be in [0, 1.25] (0.8 s <= 1 as the reference), got {self.jitter_strength}"
             )
         if not 0 < self.blur_sigma[0] <= self.blur_sigma[1]:
             problems.append(f"blur_sigma must satisfy 0 < low <= high, got {self.blur_sigma}")
@@ -414,7 +415,7 @@ class SimCLRAugment:
         """The authors' recipe for this output size: CIFAR-10's (s = 0.5, no blur) at 32 px or
         less, ImageNet's (s = 1.0, blur) above."""
         small = size <= 32
-        return cls(size=size, strength=0.5 if small else 1.0, blur=not small)
+        return cls(size=size, jitter_strength=0.5 if small else 1.0, blur=not small)
 
     def sample(self, n: int, height: int, width: int, generator: torch.Generator) -> ViewParams:
         """Draw every random choice for n views of height x width images, in a fixed order."""
@@ -427,16 +428,16 @@ class SimCLRAugment:
             return torch.rand(n, generator=generator, device=device) < p
 
         boxes = sample_crop_boxes(
-            n, height, width, generator, self.scale, self.ratio, self.crop_sampler
+            n, height, width, generator, self.crop_scale, self.crop_ratio, self.crop_sampler
         )
         flip = coin(self.flip_p)
         jitter = coin(self.jitter_p)
         order = torch.rand(n, 4, generator=generator, device=device).argsort(dim=1)
         b, c, s, h = (
-            0.8 * self.strength,
-            0.8 * self.strength,
-            0.8 * self.strength,
-            0.2 * self.strength,
+            0.8 * self.jitter_strength,
+            0.8 * self.jitter_strength,
+            0.8 * self.jitter_strength,
+            0.2 * self.jitter_strength,
         )
         brightness = uniform(max(0.0, 1 - b), 1 + b) if self.brightness == "v2" else uniform(-b, b)
         factors = torch.stack(
