@@ -19,3 +19,16 @@ def test_models_table_is_text(capsys):
     out = capsys.readouterr().out
     assert out.splitlines()[0].split()[:3] == ["arch", "params_M", "paper_params_M"]
     assert "r152_3x_sk1" in out
+
+
+def test_show_augmentations_writes_a_grid_of_the_embedded_data(tmp_path, capsys):
+    from PIL import Image
+
+    from simclrv2.visualize import GAP, ORIGINALS_GAP
+
+    out = tmp_path / "grid.png"
+    assert main(["show-augmentations", "--out", str(out), "--images", "3", "--views", "2"]) == 0
+    assert str(out) in capsys.readouterr().out
+    tile = 28 * 4  # the demo preset's 28 px, enlarged to at least 96 px
+    with Image.open(out) as grid:
+        assert grid.size == (GAP + 3 * (tile + GAP) + ORIGINALS_GAP - GAP, GAP + 3 * (tile + GAP))

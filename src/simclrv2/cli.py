@@ -213,6 +213,24 @@ def _embed(args: argparse.Namespace) -> None:
     print(f"{len(data)} embeddings of dimension {exported.encoder.out_dim}: {out}")
 
 
+def _show_augmentations(args: argparse.Namespace) -> None:
+    import torch
+
+    from simclrv2.data import load_dataset
+    from simclrv2.stages.common import pretrain_augment, train_image_size
+    from simclrv2.visualize import augmentation_grid
+
+    config = _config(args)
+    settings = config.data
+    data = load_dataset(settings.source, args.split, image_size=settings.image_size)
+    generator = torch.Generator().manual_seed(args.seed)
+    chosen = torch.randperm(len(data), generator=generator)[: args.images]
+    size = args.size or train_image_size(settings.image_size, data)
+    augment = pretrain_augment(config.augment, size)
+    augmentation_grid(data.images[chosen], augment, args.views, generator).save(args.out)
+    print(f"{len(chosen)} images x {args.views} views: {args.out}\n{augment}")
+
+
 def _report(args: argparse.Namespace) -> None:
     from simclrv2.report import build_report
 
@@ -312,6 +330,19 @@ def build_parser() -> argparse.ArgumentParser:
     )
     _add_config_options(embed, runs=False)
     embed.set_defaults(run=_embed)
+
+    grid = commands.add_parser(
+        "show-augmentations",
+        help="PNG grid of random images and their pretraining views, for a person to look at",
+    )
+    grid.add_argument("--out", required=True, help="PNG file to write")
+    grid.add_argument("--views", type=_int_at_least(1), default=6, help="views per image (6)")
+    grid.add_argument("--images", type=_int_at_least(1), default=8, help="images, one per row (8)")
+    grid.add_argument("--size", type=_int_at_least(8), help="view side (default as pretraining)")
+    grid.add_argument("--seed", type=int, default=0, help="picks the images and the views (0)")
+    grid.add_argument("--split", default="train", help="split of the data (default train)")
+    _add_config_options(grid, runs=False)
+    grid.set_defaults(run=_show_augmentations)
 
     show = commands.add_parser(
         "config", help="print the resolved config (preset, file, overrides) as YAML"

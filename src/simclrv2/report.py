@@ -137,22 +137,14 @@ def _embedding_map(run: Path, out: Path) -> str | None:
 
 
 def _augmentations(run: Path, out: Path) -> str | None:
-    from simclrv2.augment import SimCLRAugment
     from simclrv2.data import load_dataset
     from simclrv2.rundir import load_run_config
+    from simclrv2.stages.common import pretrain_augment, train_image_size
     from simclrv2.visualize import augmentation_grid
 
     config = load_run_config(run)
     data = load_dataset(config.data.source, "train", image_size=config.data.image_size)
-    a = config.augment
-    size = config.data.image_size or data.image_size
-    augment = SimCLRAugment(
-        size=size,
-        jitter_strength=a.jitter_strength,
-        blur=a.blur,
-        brightness=a.brightness,
-        crop_scale=(a.crop_min_area, 1.0),
-    )
+    augment = pretrain_augment(config.augment, train_image_size(config.data.image_size, data))
     grid = augmentation_grid(
         data.images[:8], augment, views=6, generator=torch.Generator().manual_seed(0)
     )

@@ -10,7 +10,8 @@ import torch
 from torch import nn
 
 from simclrv2 import distributed
-from simclrv2.config import OptimizerConfig
+from simclrv2.augment import SimCLRAugment
+from simclrv2.config import AugmentConfig, OptimizerConfig
 from simclrv2.data import ImageDataset, batches_per_epoch
 from simclrv2.evaluation import extract, topk_accuracy
 from simclrv2.metrics import MetricsWriter
@@ -25,6 +26,17 @@ def open_stage(name: str, directory: Path, runtime: Runtime) -> Stage:
     directory.mkdir(parents=True, exist_ok=True)
     writer = MetricsWriter(directory / "metrics.csv", name, enabled=distributed.rank() == 0)
     return Stage(name, directory, runtime, writer)
+
+
+def pretrain_augment(settings: AugmentConfig, size: int) -> SimCLRAugment:
+    """The pretraining views ``settings`` ask for, at ``size`` px (pretraining, report, CLI grid)."""
+    return SimCLRAugment(
+        size=size,
+        jitter_strength=settings.jitter_strength,
+        blur=settings.blur,
+        brightness=settings.brightness,
+        crop_scale=(settings.crop_min_area, 1.0),
+    )
 
 
 def optimizer_and_schedule(

@@ -17,7 +17,6 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from simclrv2.augment import SimCLRAugment
 from simclrv2.config import Config
 from simclrv2.data import ImageDataset
 from simclrv2.evaluation import extract, knn_accuracy, topk_accuracy
@@ -29,6 +28,7 @@ from simclrv2.runtime import Runtime
 from simclrv2.stages.common import (
     open_stage,
     optimizer_and_schedule,
+    pretrain_augment,
     train_image_size,
     write_results,
 )
@@ -75,14 +75,7 @@ def pretrain(
         len(train),
         classifiers=(online,) if online else (),
     )
-    a = config.augment
-    augment = SimCLRAugment(
-        size=size,
-        jitter_strength=a.jitter_strength,
-        blur=a.blur,
-        brightness=a.brightness,
-        crop_scale=(a.crop_min_area, 1.0),
-    )
+    augment = pretrain_augment(config.augment, size)
 
     def step(images: Tensor, labels: Tensor, generator: torch.Generator) -> dict[str, Tensor]:
         views = torch.cat([augment(images, generator), augment(images, generator)])  # (2n, C, S, S)
