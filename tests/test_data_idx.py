@@ -119,8 +119,9 @@ def test_missing_files_are_named(tmp_path):
         load_dataset(str(tmp_path))
     with pytest.raises(UserError, match="does not exist"):
         load_dataset(str(tmp_path / "nowhere"))
+    (tmp_path / "empty").mkdir()
     with pytest.raises(UserError, match="holds no MNIST-style IDX files"):
-        load_dataset(f"idx:{tmp_path / 'nowhere'}")
+        load_dataset(f"idx:{tmp_path / 'empty'}")
 
 
 def test_real_fashion_mnist(shared_dir):

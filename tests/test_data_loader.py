@@ -22,6 +22,7 @@ def test_batches_are_uint8_images_with_their_labels():
         assert images.dtype == torch.uint8
         assert labels.dtype == torch.int64
         assert torch.equal(images[:, 0, 0, 0].long(), labels % 256)
+        assert images.is_contiguous()
 
 
 def test_one_epoch_is_a_permutation_fixed_by_seed_and_epoch():

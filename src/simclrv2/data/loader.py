@@ -78,7 +78,7 @@ def epoch_batches(
         batch = order[step * batch_size : (step + 1) * batch_size]  # the global batch
         share = len(batch) // world_size
         index = batch[rank * share : (rank + 1) * share]
-        images, labels = dataset.images[index], dataset.labels[index]
+        images, labels = dataset.images[index].contiguous(), dataset.labels[index]  # (B, C, H, W)
         if pin:
             images, labels = images.pin_memory(), labels.pin_memory()
         yield images.to(device, non_blocking=pin), labels.to(device, non_blocking=pin)

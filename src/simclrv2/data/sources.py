@@ -1,38 +1,51 @@
 """``--data`` strings to data sets: the embedded default, or a path whose format is detected.
 
-Forms: nothing or ``embedded``; a path (an IDX folder, ...); or a path with an explicit format
-prefix, ``idx:/path``, for when detection guesses wrong.
+Forms: nothing or ``embedded``; a path, whose format is judged from what it holds (IDX files, a
+CIFAR folder or .tar.gz, an ``stl10_binary`` folder, else a folder of images); or a path with an
+explicit prefix, ``idx:``, ``cifar10:``, ``cifar100:``, ``stl10:`` or ``folder:``, for when the
+detection guesses wrong.
 """
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable
+from functools import partial
 from pathlib import Path
 
+from simclrv2.data.cifar import cifar_variant, read_cifar
 from simclrv2.data.dataset import ImageDataset
 from simclrv2.data.embedded import load_embedded
+from simclrv2.data.folder import read_folder
 from simclrv2.data.idx import idx_directory, read_idx_dir
+from simclrv2.data.stl10 import read_stl10, stl10_directory
 from simclrv2.errors import UserError
 
-EMBEDDED = "embedded"
-# format prefix -> reader of (path, split); each reader checks its files and split names
-READERS: dict[str, Callable[[Path, str], ImageDataset]] = {
+EMBEDDED, FOLDER = "embedded", "folder"
+# format prefix -> reader of (path, split) for the formats stored as arrays
+ARRAY_READERS: dict[str, Callable[[Path, str], ImageDataset]] = {
     "idx": read_idx_dir,
+    "cifar10": partial(read_cifar, variant="cifar10"),
+    "cifar100": partial(read_cifar, variant="cifar100"),
+    "stl10": read_stl10,
 }
+FORMATS = (EMBEDDED, *ARRAY_READERS, FOLDER)
 
 
 def detect_format(path: Path) -> str:
-    """The format prefix that reads ``path``, judged from the files it holds."""
-    if not path.exists():
-        raise UserError(
-            f"{path} does not exist; pass a data folder or archive, or nothing for the embedded set"
-        )
-    if path.is_dir() and idx_directory(path):
+    """The format that reads ``path``, judged from the files it holds."""
+    if path.is_file():
+        variant = cifar_variant(path)
+        if variant is None:
+            raise UserError(
+                f"{path} is a file but not a CIFAR .tar.gz; pass a data folder or a CIFAR archive"
+            )
+        return variant
+    if idx_directory(path):
         return "idx"
-    raise UserError(
-        f"{path}: unrecognised data format; prefix the path with one of "
-        f"{', '.join(p + ':' for p in READERS)}"
-    )
+    if stl10_directory(path):
+        return "stl10"
+    return cifar_variant(path) or FOLDER
 
 
 def parse_source(source: str | None) -> tuple[str, Path | None]:
@@ -40,10 +53,13 @@ def parse_source(source: str | None) -> tuple[str, Path | None]:
     if source is None or source == EMBEDDED:
         return EMBEDDED, None
     prefix, colon, rest = source.partition(":")
-    if colon and prefix in READERS:
-        return prefix, Path(rest).expanduser()
-    path = Path(source).expanduser()
-    return detect_format(path), path
+    explicit = colon and prefix in FORMATS and prefix != EMBEDDED
+    path = Path(rest if explicit else source).expanduser()
+    if not path.exists():
+        raise UserError(
+            f"{path} does not exist; pass a data folder or archive, or nothing for the embedded set"
+        )
+    return (prefix if explicit else detect_format(path)), path
 
 
 def load_dataset(
@@ -51,16 +67,29 @@ def load_dataset(
     split: str = "train",
     *,
     image_size: int | None = None,
+    strict: bool = False,
+    cache_dir: str | os.PathLike | None = None,
+    workers: int | None = None,
     rgb: bool = False,
 ) -> ImageDataset:
-    """The ``split`` ("train", "test", "unlabeled") of a data source, as uint8 images in memory.
+    """The ``split`` ("train", "test" or "unlabeled") of a data source as an :class:`ImageDataset`.
 
-    ``source`` is None or "embedded" for the embedded Fashion-MNIST subset, a path (format detected
-    from its contents) or ``format:path``. ``image_size`` resizes every image to that side once, at
-    load time; ``rgb`` repeats greyscale into 3 channels for tools that need RGB.
+    ``source`` is None or "embedded" for the embedded Fashion-MNIST subset, a path (format
+    detected from its contents) or ``format:path``. ``image_size`` gives every image that side
+    once, at load time (image folders are decoded at it; default: the data's own size, at most
+    224 px for folders). ``strict``, ``cache_dir`` and ``workers`` apply to image folders: stop on
+    an undecodable image instead of skipping it, keep the decoded array there as a memory-mapped
+    ``.npy``, and the number of decoding processes. ``rgb`` repeats greyscale into 3 channels.
     """
     kind, path = parse_source(source)
-    dataset = load_embedded(split) if path is None else READERS[kind](path, split)
+    if path is None:
+        dataset = load_embedded(split)
+    elif kind == FOLDER:
+        dataset = read_folder(
+            path, split, image_size=image_size, strict=strict, cache_dir=cache_dir, workers=workers
+        )
+    else:
+        dataset = ARRAY_READERS[kind](path, split)
     if image_size is not None:
         dataset = dataset.resized(image_size)
     return dataset.to_rgb() if rgb else dataset

@@ -1,0 +1,246 @@
+"""Image folders: class sub-folders give the labels, a flat folder is unlabelled.
+
+Layouts: ``root/<class>/**/<image>`` (classes in sorted order are labels 0, 1, ...) or
+``root/<image>`` (labels -1), optionally split as ``root/train``, ``root/test`` (or ``root/val``,
+ImageNet's) and ``root/unlabeled``; a folder without split sub-folders is the "train" split.
+
+The images are decoded ONCE, by Pillow in worker processes, into one fixed-size uint8 array: RGB,
+the centre square of the shorter side, resized (bicubic, antialiased) to ``size`` px. Training
+then sees the same fixed-size uint8 batches as for every other source and never decodes during
+an epoch; random crops are taken from this stored square. With a ``cache_dir`` the array is
+written there as a ``.npy`` (plus a ``.json`` of labels and names), keyed by the folder's file
+names, sizes and modification times and by ``size``, and later runs memory-map it instead of
+decoding. An image that cannot be decoded is skipped and counted in one warning, or stops the
+load with a one-line error under ``strict``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import warnings
+from concurrent.futures import ProcessPoolExecutor
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+
+from simclrv2.data.dataset import UNLABELLED, ImageDataset, check_split
+from simclrv2.errors import UserError
+
+IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".ppm"}
+# split -> the sub-folder names that hold it, in order of preference
+SPLIT_FOLDERS = {
+    "train": ("train",),
+    "test": ("test", "val"),
+    "unlabeled": ("unlabeled", "unlabelled"),
+}
+DEFAULT_MAX_SIZE = 224  # default side: the first image's shorter side, at most this (ImageNet's)
+CHUNK = 64  # images per task sent to a worker process
+CACHE_VERSION = 1  # part of the cache key: bump when the decoding changes
+
+
+def _visible(path: Path) -> bool:
+    return not path.name.startswith(".")
+
+
+def _images_under(directory: Path, recursive: bool) -> list[Path]:
+    found = directory.rglob("*") if recursive else directory.iterdir()
+    return sorted(
+        p for p in found if p.suffix.lower() in IMAGE_SUFFIXES and _visible(p) and p.is_file()
+    )
+
+
+def split_root(path: Path, split: str) -> Path:
+    """The folder that holds ``split``: ``path/<split folder>``, or ``path`` itself for "train"
+    when it has no split sub-folders."""
+    if not path.is_dir():
+        raise UserError(f"{path} is not a folder; an image folder holds images or class folders")
+    present = {
+        name: next(path / f for f in folders if (path / f).is_dir())
+        for name, folders in SPLIT_FOLDERS.items()
+        if any((path / f).is_dir() for f in folders)
+    }
+    if not present:
+        present = {"train": path}
+    check_split(split, tuple(present), path)
+    return present[split]
+
+
+def list_images(root: Path) -> tuple[list[Path], list[int], list[str]]:
+    """(files, labels, classes) of a class-per-sub-folder or flat folder of images."""
+    classes = sorted(p.name for p in root.iterdir() if p.is_dir() and _visible(p))
+    if classes:
+        per_class = [_images_under(root / name, recursive=True) for name in classes]
+        files = [f for group in per_class for f in group]
+        labels = [k for k, group in enumerate(per_class) for _ in group]
+    else:
+        files = _images_under(root, recursive=False)
+        labels = [UNLABELLED] * len(files)
+    if not files:
+        raise UserError(
+            f"{root} holds no images ({', '.join(sorted(IMAGE_SUFFIXES))}); check the data path"
+        )
+    return files, labels, classes
+
+
+def decode_image(path: str | os.PathLike, size: int) -> np.ndarray:
+    """One image as uint8 (3, size, size): RGB, centre square of the shorter side, bicubic resize."""
+    with Image.open(path) as image:
+        image.draft("RGB", (size, size))  # JPEG: decode at 1/2, 1/4 or 1/8 scale, never below size
+        image = image.convert("RGB")
+    width, height = image.size
+    side = min(width, height)
+    left, top = (width - side) // 2, (height - side) // 2
+    box = (left, top, left + side, top + side)
+    image = image.resize((size, size), Image.Resampling.BICUBIC, box=box)
+    return np.asarray(image).transpose(2, 0, 1)
+
+
+def _decode_chunk(paths: list[str], size: int) -> tuple[np.ndarray, list[tuple[int, str]]]:
+    """Decode a chunk in a worker: (the decoded images, (position, problem) of each failure)."""
+    decoded, failures = [], []
+    for position, path in enumerate(paths):
+        try:
+            decoded.append(decode_image(path, size))
+        except Exception as error:  # Pillow raises many types for damaged files; all mean "skip"
+            failures.append((position, f"{type(error).__name__}: {error}"))
+    images = np.stack(decoded) if decoded else np.empty((0, 3, size, size), np.uint8)
+    return images, failures
+
+
+def _undecodable(path: Path | str, problem: str) -> UserError:
+    return UserError(
+        f"{path}: cannot decode this image ({problem}); "
+        "remove or replace it, or load without strict to skip it"
+    )
+
+
+def _decode_all(
+    files: list[Path], size: int, out: np.ndarray, workers: int, strict: bool
+) -> list[tuple[int, str]]:
+    """Decode ``files`` into the first rows of ``out``, in order, skipping failures (raising on
+    the first under ``strict``); returns (file index, problem) of each skipped file."""
+    chunks = [[str(f) for f in files[i : i + CHUNK]] for i in range(0, len(files), CHUNK)]
+    sizes = [size] * len(chunks)
+    pool = ProcessPoolExecutor(workers) if workers > 1 and len(chunks) > 1 else None
+    results = pool.map(_decode_chunk, chunks, sizes) if pool else map(_decode_chunk, chunks, sizes)
+    skipped, row = [], 0
+    try:
+        for start, (images, failures) in zip(range(0, len(files), CHUNK), results):
+            if strict and failures:
+                position, problem = failures[0]
+                raise _undecodable(files[start + position], problem)
+            skipped += [(start + position, problem) for position, problem in failures]
+            out[row : row + len(images)] = images
+            row += len(images)
+    finally:
+        if pool:
+            pool.shutdown(cancel_futures=True)
+    return skipped
+
+
+def _default_size(files: list[Path]) -> int:
+    """The shorter side of the first readable image, at most DEFAULT_MAX_SIZE."""
+    for path in files:
+        try:
+            with Image.open(path) as image:
+                return min(DEFAULT_MAX_SIZE, *image.size)
+        except Exception:  # unreadable: the decoding pass reports it
+            continue
+    raise UserError(f"{files[0].parent}: none of the {len(files)} images can be read")
+
+
+def _cache_stem(root: Path, files: list[Path], size: int) -> str:
+    """``<folder>-<size>px-<key>``: the key hashes every file's name, size and mtime and ``size``."""
+    digest = hashlib.sha256(f"{CACHE_VERSION} {root.resolve()} {size}".encode())
+    for path in files:
+        stat = path.stat()
+        digest.update(f"\n{path.relative_to(root)} {stat.st_size} {stat.st_mtime_ns}".encode())
+    return f"{root.name}-{size}px-{digest.hexdigest()[:16]}"
+
+
+def _listing(labels, classes, names, skipped) -> dict:
+    """What a decoded folder holds beside the pixels: labels and names of the kept images, the
+    classes, and (name, problem) of each skipped image."""
+    gone = {i for i, _ in skipped}
+    return {
+        "labels": [label for i, label in enumerate(labels) if i not in gone],
+        "classes": classes,
+        "names": [name for i, name in enumerate(names) if i not in gone],
+        "skipped": [[names[i], problem] for i, problem in skipped],
+    }
+
+
+def _decode_to_cache(npy: Path, files: list[Path], size: int, workers: int, strict: bool):
+    """Decode into ``npy`` through a memory map; returns the skipped files."""
+    npy.parent.mkdir(parents=True, exist_ok=True)
+    partial = npy.with_name(npy.name + ".partial")
+    out = np.lib.format.open_memmap(partial, "w+", np.uint8, (len(files), 3, size, size))
+    skipped = _decode_all(files, size, out, workers, strict)
+    if skipped:  # the .npy header counts every file: save the decoded rows alone
+        np.save(npy, out[: len(files) - len(skipped)])
+        del out
+        partial.unlink()
+    else:
+        out.flush()
+        del out
+        os.replace(partial, npy)
+    return skipped
+
+
+def read_folder(
+    path: Path,
+    split: str,
+    *,
+    image_size: int | None = None,
+    strict: bool = False,
+    cache_dir: str | os.PathLike | None = None,
+    workers: int | None = None,
+) -> ImageDataset:
+    """The ``split`` of an image folder, decoded to RGB ``image_size`` px squares.
+
+    ``image_size`` defaults to the first image's shorter side, at most 224. ``workers`` decoding
+    processes (default: one per CPU). With ``cache_dir`` the result is memory-mapped from there.
+    """
+    root = split_root(path, split)
+    files, labels, classes = list_images(root)
+    size = image_size or _default_size(files)
+    names = [f.relative_to(root).as_posix() for f in files]
+    workers = workers or os.cpu_count() or 1
+    if cache_dir is None:
+        images = np.empty((len(files), 3, size, size), np.uint8)
+        skipped = _decode_all(files, size, images, workers, strict)
+        images = images[: len(files) - len(skipped)]
+        listing = _listing(labels, classes, names, skipped)
+    else:
+        stem = _cache_stem(root, files, size)
+        npy, meta = Path(cache_dir) / f"{stem}.npy", Path(cache_dir) / f"{stem}.json"
+        if not (meta.is_file() and npy.is_file()):  # .json written last: the .npy is complete
+            skipped = _decode_to_cache(npy, files, size, workers, strict)
+            meta.with_name(meta.name + ".partial").write_text(
+                json.dumps(_listing(labels, classes, names, skipped))
+            )
+            os.replace(meta.with_name(meta.name + ".partial"), meta)
+        images, listing = np.load(npy, mmap_mode="c"), json.loads(meta.read_text())
+    if listing["skipped"]:
+        name, problem = listing["skipped"][0]
+        if not listing["names"]:
+            raise UserError(
+                f"{root}: none of the {len(files)} images can be decoded (first: {name}: {problem})"
+            )
+        if strict:
+            raise _undecodable(root / name, problem)
+        warnings.warn(
+            f"{root}: skipped {len(listing['skipped'])} images that cannot be decoded "
+            f"(first: {name}: {problem}); load with strict to stop on them",
+            stacklevel=2,
+        )
+    return ImageDataset(
+        torch.from_numpy(images),
+        torch.tensor(listing["labels"], dtype=torch.int64),
+        listing["classes"],
+        listing["names"],
+    )
