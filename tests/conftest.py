@@ -15,3 +15,9 @@ def shared_dir() -> Path:
     if not SHARED.is_dir():
         pytest.skip(f"{SHARED} is not here (CI provides it beside the clone)")
     return SHARED
+
+
+@pytest.fixture(scope="session")
+def simclr_tf(shared_dir) -> Path:
+    """Checkpoints and outputs written by the authors' TF code (see its README.md)."""
+    return shared_dir / "fixtures" / "simclr-tf" / "r50_0.125x_sk1_s64"

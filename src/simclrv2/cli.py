@@ -237,6 +237,14 @@ def _report(args: argparse.Namespace) -> None:
     print(f"report: {build_report(args.run_dir)}")
 
 
+def _convert_tf(args: argparse.Namespace) -> None:
+    from simclrv2.convert.tf_simclr import convert
+
+    plan = convert(args.source, args.out, args.head_input, args.ema, args.overwrite)
+    print(f"converted {args.source} -> {args.out}")
+    print("\n".join(f"  {line}" for line in plan.summary()))
+
+
 # ----------------------------------------------------------------------------------------------
 # Parser
 
@@ -361,6 +369,29 @@ def build_parser() -> argparse.ArgumentParser:
         help="input side for the FLOP count (default 224)",
     )
     models.set_defaults(run=_models)
+
+    convert = commands.add_parser(
+        "convert-tf",
+        help="convert the authors' TensorFlow checkpoint (TF1, TF2 or SavedModel) for --init",
+    )
+    convert.add_argument(
+        "source",
+        metavar="SOURCE",
+        help="folder with a `checkpoint` file, a model.ckpt-N prefix, or a saved_model/ folder",
+    )
+    convert.add_argument("--out", required=True, metavar="DIR", help="export folder to write")
+    convert.add_argument(
+        "--head-input",
+        type=int,
+        metavar="N",
+        help="head output the supervised head reads: 0 = h, 1 = first projection layer, -1 = z "
+        "(default: 1 under a finetuned_1pct or finetuned_10pct folder, else 0)",
+    )
+    convert.add_argument(
+        "--ema", action="store_true", help="take the weights from the ema_model/ copy (TF1)"
+    )
+    convert.add_argument("--overwrite", action="store_true", help="replace a non-empty DIR")
+    convert.set_defaults(run=_convert_tf)
     return parser
 
 

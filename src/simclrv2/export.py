@@ -74,14 +74,20 @@ def _architecture(model: ExportedModel) -> dict:
     }
 
 
-def save_exported(model: ExportedModel, directory: str | Path, overwrite: bool = False) -> Path:
-    """Write the export atomically: a sibling temporary directory renamed into place at the end,
-    so ``directory`` never holds a half-written export."""
+def check_destination(directory: str | Path, overwrite: bool = False) -> None:
+    """Refuse a non-empty ``directory`` unless ``overwrite``: call it before long work too."""
     directory = Path(directory)
     if directory.exists() and any(directory.iterdir()) and not overwrite:
         raise UserError(
             f"{directory} already exists and is not empty; choose another --out or remove it"
         )
+
+
+def save_exported(model: ExportedModel, directory: str | Path, overwrite: bool = False) -> Path:
+    """Write the export atomically: a sibling temporary directory renamed into place at the end,
+    so ``directory`` never holds a half-written export."""
+    directory = Path(directory)
+    check_destination(directory, overwrite)
     directory.parent.mkdir(parents=True, exist_ok=True)
     tensors = {f"encoder.{k}": v for k, v in model.encoder.state_dict().items()}
     if model.projection_head is not None:

@@ -1,0 +1,1 @@
+"""Reading the authors' TensorFlow checkpoints without TensorFlow, and converting them."""
