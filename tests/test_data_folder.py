@@ -90,14 +90,20 @@ def test_default_size_is_the_first_shorter_side_at_most_224(tmp_path):
 
 
 def test_worker_processes_decode_the_same_images(tmp_path):
-    for i in range(folder_module.CHUNK * 2 + 5):
+    count = folder_module.CHUNK * 2 + 5
+    for i in range(count):
         save(tmp_path / f"c{i % 3}" / f"{i:03d}.jpg", noise(i, (24, 24, 3)))
-    one = load_dataset(str(tmp_path), workers=1)
-    two = load_dataset(str(tmp_path), workers=2)
-    assert len(two) == folder_module.CHUNK * 2 + 5
+    (tmp_path / "c1" / "100.jpg").write_bytes(b"damaged")  # in the second chunk
+    with pytest.warns(UserWarning, match="skipped 1 images"):
+        one = load_dataset(str(tmp_path), workers=1)
+    with pytest.warns(UserWarning, match="skipped 1 images"):
+        two = load_dataset(str(tmp_path), workers=2)
+    assert len(two) == count - 1
     assert torch.equal(one.images, two.images)
     assert torch.equal(one.labels, two.labels)
     assert one.names == two.names
+    with pytest.raises(UserError, match=r"100.jpg: cannot decode"):
+        load_dataset(str(tmp_path), workers=2, strict=True)
 
 
 def damaged_folder(tmp_path):

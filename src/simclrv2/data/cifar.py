@@ -18,6 +18,7 @@ import codecs
 import io
 import pickle
 import tarfile
+import zlib
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -71,6 +72,14 @@ SAFE_GLOBALS = {
     ("numpy._core.numeric", "_frombuffer"): _frombuffer,
     ("_codecs", "encode"): codecs.encode,
 }
+
+
+ARCHIVE_ERRORS = (tarfile.TarError, OSError, EOFError, zlib.error)
+
+
+def _member_name(member: tarfile.TarInfo) -> str:
+    """A member's path without the "./" that some tar commands prepend."""
+    return member.name.removeprefix("./")
 
 
 class RestrictedUnpickler(pickle.Unpickler):
@@ -149,17 +158,18 @@ def _read_members(path: Path, layout: Layout, names: tuple[str, ...]) -> dict[st
     wanted = {f"{layout.folder}/{n}": n for n in names}
     found: dict[str, bytes] = {}
     try:
-        with tarfile.open(path, "r|*") as archive:
+        with tarfile.open(path, "r|*") as archive:  # one sequential pass, nothing extracted
             for member in archive:
-                if member.name not in wanted:
+                name = _member_name(member)
+                if name not in wanted:
                     continue
                 if not member.isfile():
                     raise UserError(
                         f"{path}: member {member.name} is not a regular file; "
                         "the archive is not a CIFAR download"
                     )
-                found[wanted[member.name]] = archive.extractfile(member).read()
-    except (tarfile.TarError, OSError, EOFError) as error:
+                found[wanted[name]] = archive.extractfile(member).read()
+    except ARCHIVE_ERRORS as error:
         raise UserError(f"{path}: cannot read the archive ({error}); download it again") from None
     missing = [m for m, n in wanted.items() if n not in found]
     if missing:
@@ -168,33 +178,26 @@ def _read_members(path: Path, layout: Layout, names: tuple[str, ...]) -> dict[st
 
 
 def cifar_variant(path: Path) -> str | None:
-    """ "cifar10" or "cifar100" if ``path`` is (or contains) that layout's folder or archive."""
+    """ "cifar10" or "cifar100" if ``path`` is that layout's archive, its folder or the folder
+    holding it; None otherwise."""
     if path.is_file():
         try:
             with tarfile.open(path, "r|*") as archive:
                 first = next(iter(archive), None)
-        except (tarfile.TarError, OSError, EOFError):
+        except ARCHIVE_ERRORS:
             return None
-        top = first.name.split("/")[0] if first else ""
+        top = _member_name(first).split("/")[0] if first else ""
         return next((k for k, v in LAYOUTS.items() if v.folder == top), None)
     for variant, layout in LAYOUTS.items():
-        if (
-            path.name == layout.folder
-            or (path / layout.folder).is_dir()
-            or (path / layout.meta).is_file()
-        ):
+        holds_batches = all((path / n).is_file() for n in (layout.meta, layout.splits["test"][0]))
+        if path.name == layout.folder or (path / layout.folder).is_dir() or holds_batches:
             return variant
     return None
 
 
-def read_cifar(path: Path, split: str, variant: str | None = None) -> ImageDataset:
-    """The ``split`` ("train" or "test") of CIFAR-10/100 from its folder or its .tar.gz."""
-    variant = variant or cifar_variant(path)
-    if variant is None:
-        raise UserError(
-            f"{path} is not a CIFAR python download (cifar-10-batches-py or cifar-100-python, "
-            "a folder or its .tar.gz); check the path"
-        )
+def read_cifar(path: Path, split: str, variant: str) -> ImageDataset:
+    """The ``split`` ("train" or "test") of ``variant`` ("cifar10" or "cifar100") from its
+    folder, the folder holding that, or its .tar.gz."""
     layout = LAYOUTS[variant]
     check_split(split, tuple(layout.splits), path)
     files = layout.splits[split]

@@ -38,7 +38,7 @@ SPLIT_FOLDERS = {
     "unlabeled": ("unlabeled", "unlabelled"),
 }
 DEFAULT_MAX_SIZE = 224  # default side: the first image's shorter side, at most this (ImageNet's)
-CHUNK = 64  # images per task sent to a worker process
+CHUNK = 64  # images per task sent to a worker process (smaller folders: no processes)
 CACHE_VERSION = 1  # part of the cache key: bump when the decoding changes
 
 
@@ -142,7 +142,7 @@ def _decode_all(
     return skipped
 
 
-def _default_size(files: list[Path]) -> int:
+def _default_size(root: Path, files: list[Path]) -> int:
     """The shorter side of the first readable image, at most DEFAULT_MAX_SIZE."""
     for path in files:
         try:
@@ -150,7 +150,7 @@ def _default_size(files: list[Path]) -> int:
                 return min(DEFAULT_MAX_SIZE, *image.size)
         except Exception:  # unreadable: the decoding pass reports it
             continue
-    raise UserError(f"{files[0].parent}: none of the {len(files)} images can be read")
+    raise UserError(f"{root}: none of the {len(files)} images can be read")
 
 
 def _cache_stem(root: Path, files: list[Path], size: int) -> str:
@@ -174,10 +174,16 @@ def _listing(labels, classes, names, skipped) -> dict:
     }
 
 
+def _partial(path: Path) -> Path:
+    """Where this process writes ``path`` before renaming it into place (several processes of one
+    run may fill the same cache at once; each renames a complete file)."""
+    return path.with_name(f"{path.name}.{os.getpid()}.partial")
+
+
 def _decode_to_cache(npy: Path, files: list[Path], size: int, workers: int, strict: bool):
     """Decode into ``npy`` through a memory map; returns the skipped files."""
     npy.parent.mkdir(parents=True, exist_ok=True)
-    partial = npy.with_name(npy.name + ".partial")
+    partial = _partial(npy)
     out = np.lib.format.open_memmap(partial, "w+", np.uint8, (len(files), 3, size, size))
     skipped = _decode_all(files, size, out, workers, strict)
     if skipped:  # the .npy header counts every file: save the decoded rows alone
@@ -207,7 +213,7 @@ def read_folder(
     """
     root = split_root(path, split)
     files, labels, classes = list_images(root)
-    size = image_size or _default_size(files)
+    size = image_size or _default_size(root, files)
     names = [f.relative_to(root).as_posix() for f in files]
     workers = workers or os.cpu_count() or 1
     if cache_dir is None:
@@ -220,10 +226,9 @@ def read_folder(
         npy, meta = Path(cache_dir) / f"{stem}.npy", Path(cache_dir) / f"{stem}.json"
         if not (meta.is_file() and npy.is_file()):  # .json written last: the .npy is complete
             skipped = _decode_to_cache(npy, files, size, workers, strict)
-            meta.with_name(meta.name + ".partial").write_text(
-                json.dumps(_listing(labels, classes, names, skipped))
-            )
-            os.replace(meta.with_name(meta.name + ".partial"), meta)
+            partial = _partial(meta)
+            partial.write_text(json.dumps(_listing(labels, classes, names, skipped)))
+            os.replace(partial, meta)
         images, listing = np.load(npy, mmap_mode="c"), json.loads(meta.read_text())
     if listing["skipped"]:
         name, problem = listing["skipped"][0]
