@@ -1,4 +1,4 @@
-"""Data layer timings: loading, one epoch of batches against a per-image DataLoader, folder decoding.
+"""Data layer timings: loading, an epoch of batches against a per-image DataLoader, decoding.
 
     python benchmarks/data_loading.py [--shared ../shared]
 

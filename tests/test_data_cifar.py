@@ -45,7 +45,7 @@ class Python2Pickler(pickle._Pickler):
 
 
 def dumps(obj, protocol):
-    """Pickle bytes; protocol "py2" gives the original files' form, numpy 1 module names included."""
+    """Pickle bytes; protocol "py2" gives the original files' form, numpy 1 module name included."""
     if protocol != "py2":
         return pickle.dumps(obj, protocol=protocol)
     buffer = io.BytesIO()

@@ -91,6 +91,11 @@ BAD_FILES = {
     "int32 labels": (LABELS, idx_bytes(np.zeros(4, np.int32), 0x0C), "found int32"),
     "truncated data": (IMAGES, idx_bytes(np.zeros((4, 28, 28), np.uint8))[:-1], "size mismatch"),
     "extra data": (IMAGES, idx_bytes(np.zeros((4, 28, 28), np.uint8)) + b"\0", "size mismatch"),
+    "header claiming terabytes": (
+        IMAGES,
+        bytes([0, 0, 8, 3]) + struct.pack(">3I", 2**31, 28, 28),
+        "size mismatch",
+    ),
     "truncated header": (IMAGES, bytes([0, 0, 8, 3, 0, 0]), "truncated IDX header"),
     "count mismatch": (LABELS, idx_bytes(np.zeros(5, np.uint8)), "5 labels for the 4 images"),
     "non-square": (IMAGES, idx_bytes(np.zeros((4, 28, 20), np.uint8)), "28x20 px"),

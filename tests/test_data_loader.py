@@ -6,7 +6,7 @@ from simclrv2.errors import UserError
 
 
 def numbered(n):
-    """Labels are the image indices and every pixel of image i is i % 256: batches show their rows."""
+    """Labels are the image indices and each pixel of image i is i % 256: a batch shows its rows."""
     images = (torch.arange(n) % 256).to(torch.uint8).view(n, 1, 1, 1).expand(n, 3, 4, 4)
     return ImageDataset(images.contiguous(), torch.arange(n))
 
@@ -75,9 +75,9 @@ def test_ranks_get_disjoint_slices_that_rebuild_the_global_batch(n, world_size, 
         assert {i for shard in shards for batch in shard for i in batch} == set(range(n))
 
 
-def test_batch_size_errors():
+def test_batch_size_errors_come_before_the_first_batch():
     with pytest.raises(UserError, match="fewer than one batch of 64"):
-        batches_per_epoch(50, 64)
+        epoch_batches(numbered(50), 64, seed=0, epoch=0)
     with pytest.raises(UserError, match="multiple of the 3 processes"):
         batches_per_epoch(50, 8, world_size=3)
     assert batches_per_epoch(50, 64, drop_last=False) == 1

@@ -61,8 +61,9 @@ class ImageDataset(Dataset):
 
     def __repr__(self) -> str:
         labelled = int((self.labels != UNLABELLED).sum())
+        side = self.image_size
         return (
-            f"ImageDataset({len(self)} images of {self.channels}x{self.image_size}x{self.image_size}, "
+            f"ImageDataset({len(self)} images of {self.channels}x{side}x{side}, "
             f"{labelled} labelled, {self.num_classes} classes)"
         )
 
@@ -86,7 +87,7 @@ class ImageDataset(Dataset):
         return ImageDataset(self.images[indices], self.labels[indices], self.classes, names)
 
     def to_rgb(self) -> ImageDataset:
-        """Greyscale repeated into 3 equal channels, as a view (no copy); RGB data is returned as is."""
+        """Greyscale repeated into 3 equal channels, as a view (no copy); RGB data is returned."""
         if self.channels == 3:
             return self
         return ImageDataset(
@@ -94,7 +95,7 @@ class ImageDataset(Dataset):
         )
 
     def resized(self, size: int) -> ImageDataset:
-        """All images resized to ``size`` px once, bicubic with antialiasing (the reference's filter).
+        """All images resized to ``size`` px once, bicubic (the reference's filter), antialiased.
 
         Returns ``self`` when already that size; the result is in memory even if ``self`` is mapped.
         """

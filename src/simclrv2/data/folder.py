@@ -87,7 +87,7 @@ def list_images(root: Path) -> tuple[list[Path], list[int], list[str]]:
 
 
 def decode_image(path: str | os.PathLike, size: int) -> np.ndarray:
-    """One image as uint8 (3, size, size): RGB, centre square of the shorter side, bicubic resize."""
+    """One image as uint8 (3, size, size): RGB, the centre square, bicubic resize to ``size``."""
     with Image.open(path) as image:
         image.draft("RGB", (size, size))  # JPEG: decode at 1/2, 1/4 or 1/8 scale, never below size
         image = image.convert("RGB")
@@ -154,7 +154,7 @@ def _default_size(root: Path, files: list[Path]) -> int:
 
 
 def _cache_stem(root: Path, files: list[Path], size: int) -> str:
-    """``<folder>-<size>px-<key>``: the key hashes every file's name, size and mtime and ``size``."""
+    """``<folder>-<size>px-<key>``; the key hashes ``size`` and every file's name, bytes, mtime."""
     digest = hashlib.sha256(f"{CACHE_VERSION} {root.resolve()} {size}".encode())
     for path in files:
         stat = path.stat()

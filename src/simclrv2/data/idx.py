@@ -26,6 +26,7 @@ from simclrv2.errors import UserError
 IDX_TYPES = {0x08: ">u1", 0x09: ">i1", 0x0B: ">i2", 0x0C: ">i4", 0x0D: ">f4", 0x0E: ">f8"}
 UBYTE = 0x08
 GZIP_MAGIC = b"\x1f\x8b"
+READ_PIECE = 1 << 24  # bytes per read
 
 FASHION_MNIST_CLASSES = (
     "T-shirt/top",
@@ -58,13 +59,13 @@ def _open(path: Path) -> BinaryIO:
     return file
 
 
-def _read_exactly(file: BinaryIO, size: int) -> bytearray:
-    """``size`` bytes (fewer only at the end of the file), in a writable buffer numpy can wrap."""
-    buffer = bytearray(size)
-    view, filled = memoryview(buffer), 0
-    while filled < size and (got := file.readinto(view[filled:])):
-        filled += got
-    return buffer[:filled] if filled < size else buffer
+def _read_at_most(file: BinaryIO, size: int) -> bytearray:
+    """Up to ``size`` bytes, read in pieces so that a damaged header claiming terabytes fails on
+    the short data instead of on allocating it; a writable buffer numpy can wrap."""
+    data = bytearray()
+    while len(data) < size and (piece := file.read(min(READ_PIECE, size - len(data)))):
+        data += piece
+    return data
 
 
 def read_idx(path: Path) -> np.ndarray:
@@ -84,7 +85,7 @@ def read_idx(path: Path) -> np.ndarray:
             shape = struct.unpack(f">{ndim}I", header)
             dtype = np.dtype(IDX_TYPES[magic[2]])
             expected = prod(shape) * dtype.itemsize
-            data = _read_exactly(file, expected)
+            data = _read_at_most(file, expected)
             extra = len(file.read(1))
     except (OSError, EOFError, zlib.error) as error:
         raise UserError(f"{path}: corrupt gzip data ({error}); download the file again") from None
@@ -98,7 +99,7 @@ def read_idx(path: Path) -> np.ndarray:
 
 
 def write_idx(path: Path, array: np.ndarray) -> None:
-    """Write a uint8 array as an IDX file, gzipped (reproducibly: no timestamp) if ``path`` ends in .gz."""
+    """Write a uint8 array as an IDX file; gzipped, without a timestamp, if ``path`` ends in .gz."""
     if array.dtype != np.uint8:
         raise ValueError(f"write_idx writes uint8 arrays, got {array.dtype}")
     header = bytes([0, 0, UBYTE, array.ndim]) + struct.pack(f">{array.ndim}I", *array.shape)
@@ -129,8 +130,8 @@ def read_idx_pair(
         )
     if len(images) != len(labels):
         raise UserError(
-            f"{labels_path}: {len(labels)} labels for the {len(images)} images of {images_path.name}; "
-            "the two files come from different sets"
+            f"{labels_path}: {len(labels)} labels for the {len(images)} images of "
+            f"{images_path.name}; the two files come from different sets"
         )
     if images.shape[1] != images.shape[2]:
         rows, cols = images.shape[1:]
@@ -184,7 +185,7 @@ def read_idx_dir(path: Path, split: str) -> ImageDataset:
     directory = idx_directory(path)
     if directory is None:
         raise UserError(
-            f"{path} holds no MNIST-style IDX files (e.g. train-images-idx3-ubyte.gz); check the path"
+            f"{path} holds no MNIST-style IDX files (train-images-idx3-ubyte.gz); check the path"
         )
     check_split(split, tuple(SPLIT_STEMS), directory)
     images = _split_file(directory, split, "images")

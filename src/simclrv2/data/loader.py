@@ -72,9 +72,23 @@ def epoch_batches(
     if not drop_last:  # pad the short last batch to a multiple of world_size
         padded = -(-len(order) // world_size) * world_size
         order = order[torch.arange(padded) % len(order)]
+    return _batches(dataset, order, batch_size, range(start_batch, steps), rank, world_size, device)
+
+
+def _batches(
+    dataset: ImageDataset,
+    order: Tensor,
+    batch_size: int,
+    steps: range,
+    rank: int,
+    world_size: int,
+    device: str | torch.device,
+) -> Iterator[tuple[Tensor, Tensor]]:
+    """The generator behind :func:`epoch_batches`, which checks its arguments before the first
+    batch is asked for."""
     device = torch.device(device)
     pin = device.type == "cuda"
-    for step in range(start_batch, steps):
+    for step in steps:
         batch = order[step * batch_size : (step + 1) * batch_size]  # the global batch
         share = len(batch) // world_size
         index = batch[rank * share : (rank + 1) * share]

@@ -1,7 +1,7 @@
 """Label fractions: which images keep their labels for fine-tuning (SimCLRv2's 1% and 10% subsets).
 
-Three ways to choose them: a class-balanced seeded draw (by fraction or by count per class), an index
-file saved by a previous run, or a list of file names in the shape of the authors' ImageNet
+Three ways to choose them: a class-balanced seeded draw (by fraction or by count per class), an
+index file saved by a previous run, or a list of file names in the shape of the authors' ImageNet
 ``1percent.txt`` / ``10percent.txt`` (one name per line, e.g. ``n01558993_4148.JPEG``).
 """
 
@@ -24,10 +24,10 @@ def class_balanced_indices(
     """Ascending indices of a seeded subset holding the same number of images of every class.
 
     Either ``per_class`` images of each class, or ``fraction`` of the labelled images shared
-    equally between the classes: ``round(fraction * labelled / classes)`` each (1% of Fashion-MNIST's
-    60,000 train images is 60 per class). Unlabelled images (-1) are never picked. Every subset is
-    the head of each class in one seeded permutation, so for one seed a smaller subset lies inside a
-    larger one (the 1% inside the 10%).
+    equally between the classes: ``round(fraction * labelled / classes)`` each (1% of the 60,000
+    Fashion-MNIST train images is 60 per class). Unlabelled images (-1) are never picked. Every
+    subset is the head of each class in one seeded permutation, so for one seed a smaller subset
+    lies inside a larger one (the 1% inside the 10%).
     """
     if (fraction is None) == (per_class is None):
         raise ValueError("give exactly one of fraction and per_class")

@@ -64,7 +64,8 @@ def read_stl10(path: Path, split: str) -> ImageDataset:
     labels = np.fromfile(labels_path, np.uint8).astype(np.int64)
     if len(labels) != len(images):
         raise UserError(
-            f"{labels_path}: {len(labels)} labels for the {len(images)} images of {images_path.name}"
+            f"{labels_path}: {len(labels)} labels for the {len(images)} images of "
+            f"{images_path.name}"
         )
     if len(labels) and not 1 <= labels.min() <= labels.max() <= len(classes):
         raise UserError(f"{labels_path}: labels outside 1..{len(classes)}; the file is damaged")
