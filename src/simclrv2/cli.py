@@ -72,14 +72,9 @@ def _start(args: argparse.Namespace, command: str):
 
 
 def _datasets(config):
-    from simclrv2.data import load_dataset
+    from simclrv2.stages.common import load_split
 
-    data = config.data
-    train = load_dataset(data.source, "train", image_size=data.image_size, cache_dir=data.cache_dir)
-    test = load_dataset(
-        data.source, data.test_split, image_size=data.image_size, cache_dir=data.cache_dir
-    )
-    return train, test
+    return load_split(config.data, "train"), load_split(config.data, config.data.test_split)
 
 
 def _labelled_subset(spec: str, train, seed: int):
@@ -103,7 +98,7 @@ def _labelled_subset(spec: str, train, seed: int):
                 f"--labels {text!r} is neither a fraction (0.01, 1%), a count (25-per-class) nor an existing file"
             ) from None
         try:
-            return train.subset(load_indices(path))
+            return train.subset(load_indices(path, size=len(train)))
         except UserError:
             return train.subset(indices_from_names(train, path))
     if not 0 < fraction <= 1:
@@ -194,20 +189,14 @@ def _evaluate(args: argparse.Namespace) -> None:
 
 
 def _embed(args: argparse.Namespace) -> None:
-    from simclrv2.data import load_dataset
     from simclrv2.export import load_exported
     from simclrv2.runtime import resolve_runtime
-    from simclrv2.stages.common import train_image_size
+    from simclrv2.stages.common import load_split, train_image_size
     from simclrv2.stages.embed import embed
 
     config = _config(args)
     exported = load_exported(args.init)
-    data = load_dataset(
-        config.data.source,
-        args.split,
-        image_size=config.data.image_size,
-        cache_dir=config.data.cache_dir,
-    )
+    data = load_split(config.data, args.split)
     size = train_image_size(config.data.image_size, data)
     out = embed(exported, data, resolve_runtime(config.runtime), size, Path(args.out))
     print(f"{len(data)} embeddings of dimension {exported.encoder.out_dim}: {out}")
@@ -216,13 +205,12 @@ def _embed(args: argparse.Namespace) -> None:
 def _show_augmentations(args: argparse.Namespace) -> None:
     import torch
 
-    from simclrv2.data import load_dataset
-    from simclrv2.stages.common import pretrain_augment, train_image_size
+    from simclrv2.stages.common import load_split, pretrain_augment, train_image_size
     from simclrv2.visualize import augmentation_grid
 
     config = _config(args)
     settings = config.data
-    data = load_dataset(settings.source, args.split, image_size=settings.image_size)
+    data = load_split(settings, args.split)
     generator = torch.Generator().manual_seed(args.seed)
     chosen = torch.randperm(len(data), generator=generator)[: args.images]
     size = args.size or train_image_size(settings.image_size, data)

@@ -27,6 +27,9 @@ class ModelConfig:
     head_hidden_dim: int | None = None  # None = the encoder's output width (authors' code)
     proj_dim: int = 128  # z dimension (both papers)
     head_selector: int = 1  # fine-tune from head layer: 1 in v2, 0 (= h) in v1, -1 = z
+    cifar_stem: bool | None = (
+        None  # None: the CIFAR stem for inputs of 32 px or less (authors' rule)
+    )
 
 
 @dataclass
@@ -36,6 +39,7 @@ class DataConfig:
     test_split: str = "test"  # held-out split for the kNN monitor and every evaluation
     cache_dir: str | None = None  # on-disk uint8 cache for decoded image folders
     num_workers: int = 2  # decoding processes for image folders
+    strict: bool = False  # a corrupt image is an error (else skipped with a warning and a count)
 
 
 @dataclass

@@ -14,11 +14,11 @@ from pathlib import Path
 
 from simclrv2 import distributed
 from simclrv2.config import Config
-from simclrv2.data import class_balanced_indices, load_dataset, save_indices
+from simclrv2.data import class_balanced_indices, save_indices
 from simclrv2.export import ExportedModel, load_exported
 from simclrv2.metrics import LOG
 from simclrv2.runtime import Runtime
-from simclrv2.stages.common import read_results, write_results
+from simclrv2.stages.common import load_split, read_results, write_results
 from simclrv2.stages.distill import distill
 from simclrv2.stages.evaluate import linear_eval
 from simclrv2.stages.finetune import finetune
@@ -44,13 +44,7 @@ def percent(fraction: float) -> str:
 
 def run_pipeline(config: Config, directory: Path, runtime: Runtime) -> list[dict]:
     """Run (or resume) every stage under ``directory``; returns the rows of the results table."""
-    source = config.data
-    train = load_dataset(
-        source.source, "train", image_size=source.image_size, cache_dir=source.cache_dir
-    )
-    test = load_dataset(
-        source.source, source.test_split, image_size=source.image_size, cache_dir=source.cache_dir
-    )
+    train, test = load_split(config.data, "train"), load_split(config.data, config.data.test_split)
     LOG.info(
         "data: %d training images (%d classes), %d test images",
         len(train),

@@ -98,12 +98,11 @@ def _confusion(stage: Path, out: Path) -> str | None:
 
 def _embedding_map(run: Path, out: Path) -> str | None:
     """PCA of h on the test images, coloured by class, from the pretrained encoder."""
-    from simclrv2.data import load_dataset
     from simclrv2.evaluation import extract
     from simclrv2.export import load_exported
     from simclrv2.rundir import load_run_config
     from simclrv2.runtime import resolve_runtime
-    from simclrv2.stages.common import train_image_size
+    from simclrv2.stages.common import load_split, train_image_size
 
     model_dir = next(
         (d / "model" for d in (run / "pretrain", run) if (d / "model" / "model.json").exists()),
@@ -113,9 +112,7 @@ def _embedding_map(run: Path, out: Path) -> str | None:
         return None
     config = load_run_config(run)
     exported = load_exported(model_dir)
-    test = load_dataset(
-        config.data.source, config.data.test_split, image_size=config.data.image_size
-    )
+    test = load_split(config.data, config.data.test_split)
     test = test.subset(torch.arange(min(len(test), 2000)))
     runtime = resolve_runtime(config.runtime)
     features, labels = extract(
@@ -137,13 +134,12 @@ def _embedding_map(run: Path, out: Path) -> str | None:
 
 
 def _augmentations(run: Path, out: Path) -> str | None:
-    from simclrv2.data import load_dataset
     from simclrv2.rundir import load_run_config
-    from simclrv2.stages.common import pretrain_augment, train_image_size
+    from simclrv2.stages.common import load_split, pretrain_augment, train_image_size
     from simclrv2.visualize import augmentation_grid
 
     config = load_run_config(run)
-    data = load_dataset(config.data.source, "train", image_size=config.data.image_size)
+    data = load_split(config.data, "train")
     augment = pretrain_augment(config.augment, train_image_size(config.data.image_size, data))
     grid = augmentation_grid(
         data.images[:8], augment, views=6, generator=torch.Generator().manual_seed(0)

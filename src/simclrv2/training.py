@@ -146,10 +146,6 @@ def fit(
     steps_per_epoch = batches_per_epoch(
         len(data), batch_size, drop_last=True, world_size=distributed.world_size()
     )
-    if steps_per_epoch == 0:
-        raise UserError(
-            f"{stage.name}: {len(data)} images make no full batch of {batch_size}; lower {stage.name}.batch_size"
-        )
     for module in modules.values():
         module.train()
     bar = progress_bar(epochs * steps_per_epoch, position.step, stage.name, enabled=is_main)

@@ -299,9 +299,14 @@ def arch_name(spec: ResNetSpec) -> str:
     return f"r{spec.depth}_{spec.width:g}x_sk{int(spec.sk_ratio > 0)}"
 
 
-def build_encoder(name: str, image_size: int | None = None, in_channels: int = 3) -> ResNet:
-    """Build an encoder by name; the CIFAR stem is chosen for inputs of 32 px or less."""
-    return ResNet(parse_arch(name, image_size is not None and image_size <= 32, in_channels))
+def build_encoder(
+    name: str, image_size: int | None = None, in_channels: int = 3, cifar_stem: bool | None = None
+) -> ResNet:
+    """Build an encoder by name. The CIFAR stem is used when ``cifar_stem`` says so, or, when it
+    is None, for inputs of 32 px or less (the authors' rule)."""
+    if cifar_stem is None:
+        cifar_stem = image_size is not None and image_size <= 32
+    return ResNet(parse_arch(name, cifar_stem, in_channels))
 
 
 def _constructor(depth: int):

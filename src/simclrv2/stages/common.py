@@ -11,10 +11,11 @@ from torch import nn
 
 from simclrv2 import distributed
 from simclrv2.augment import SimCLRAugment
-from simclrv2.config import AugmentConfig, OptimizerConfig
-from simclrv2.data import ImageDataset, batches_per_epoch
+from simclrv2.config import AugmentConfig, DataConfig, ModelConfig, OptimizerConfig
+from simclrv2.data import ImageDataset, batches_per_epoch, load_dataset
 from simclrv2.evaluation import extract, topk_accuracy
 from simclrv2.metrics import MetricsWriter
+from simclrv2.models import ResNet, build_encoder
 from simclrv2.optim import WarmupCosine, build_optimizer, scaled_learning_rate
 from simclrv2.runtime import Runtime
 from simclrv2.training import Stage
@@ -93,3 +94,20 @@ def read_results(directory: Path) -> dict | None:
 def train_image_size(configured: int | None, data: ImageDataset) -> int:
     """The side the networks see: the configured size, else the data's own."""
     return configured or data.image_size
+
+
+def load_split(settings: DataConfig, split: str) -> ImageDataset:
+    """One split of the configured data source."""
+    return load_dataset(
+        settings.source, split, image_size=settings.image_size, strict=settings.strict,
+        cache_dir=settings.cache_dir, workers=settings.num_workers,
+    )  # fmt: skip
+
+
+def build_stage_encoder(
+    settings: ModelConfig, arch: str, data: ImageDataset, image_size: int
+) -> ResNet:
+    """An encoder ``arch`` for these images: their channels, and the configured stem choice."""
+    return build_encoder(
+        arch, image_size=image_size, in_channels=data.channels, cifar_stem=settings.cifar_stem
+    )

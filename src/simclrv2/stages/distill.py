@@ -23,9 +23,10 @@ from simclrv2.data import ImageDataset
 from simclrv2.export import ExportedModel, save_exported
 from simclrv2.losses import distillation_loss
 from simclrv2.metrics import LOG
-from simclrv2.models import Classifier, LinearClassifier, arch_name, build_encoder
+from simclrv2.models import Classifier, LinearClassifier, arch_name
 from simclrv2.runtime import Runtime
 from simclrv2.stages.common import (
+    build_stage_encoder,
     classifier_accuracy,
     open_stage,
     optimizer_and_schedule,
@@ -45,7 +46,7 @@ def distill(
     size = train_image_size(config.data.image_size, unlabelled)
     teacher = runtime.module(teacher).eval().requires_grad_(False)
     arch = settings.student_arch or arch_name(teacher.encoder.spec)
-    encoder = build_encoder(arch, image_size=size, in_channels=unlabelled.channels)
+    encoder = build_stage_encoder(config.model, arch, unlabelled, size)
     num_classes = teacher.linear.out_features
     student = runtime.module(
         Classifier(encoder, nn.Sequential(), LinearClassifier(encoder.out_dim, num_classes))

@@ -22,9 +22,10 @@ from simclrv2.config import Config
 from simclrv2.data import ImageDataset
 from simclrv2.export import ExportedModel, save_exported
 from simclrv2.metrics import LOG
-from simclrv2.models import Classifier, LinearClassifier, build_encoder
+from simclrv2.models import Classifier, LinearClassifier
 from simclrv2.runtime import Runtime
 from simclrv2.stages.common import (
+    build_stage_encoder,
     classifier_accuracy,
     open_stage,
     optimizer_and_schedule,
@@ -51,7 +52,7 @@ def finetune(
     stage = open_stage(name, directory, runtime)
     size = train_image_size(config.data.image_size, labelled)
     if init is None:
-        encoder = build_encoder(config.model.arch, image_size=size, in_channels=labelled.channels)
+        encoder = build_stage_encoder(config.model, config.model.arch, labelled, size)
         projection_head, selector, settings = None, 0, config.supervised
     else:
         encoder, projection_head, selector, settings = (

@@ -23,9 +23,10 @@ from simclrv2.evaluation import extract, knn_accuracy, topk_accuracy
 from simclrv2.export import ExportedModel, save_exported
 from simclrv2.losses import nt_xent
 from simclrv2.metrics import LOG
-from simclrv2.models import ContrastiveModel, LinearClassifier, ProjectionHead, build_encoder
+from simclrv2.models import ContrastiveModel, LinearClassifier, ProjectionHead
 from simclrv2.runtime import Runtime
 from simclrv2.stages.common import (
+    build_stage_encoder,
     open_stage,
     optimizer_and_schedule,
     pretrain_augment,
@@ -41,8 +42,10 @@ class PretrainResult:
     metrics: dict[str, float]
 
 
-def build_contrastive_model(config: Config, image_size: int, channels: int) -> ContrastiveModel:
-    encoder = build_encoder(config.model.arch, image_size=image_size, in_channels=channels)
+def build_contrastive_model(
+    config: Config, data: ImageDataset, image_size: int
+) -> ContrastiveModel:
+    encoder = build_stage_encoder(config.model, config.model.arch, data, image_size)
     m = config.model
     return ContrastiveModel(
         encoder, ProjectionHead(encoder.out_dim, m.head_layers, m.head_hidden_dim, m.proj_dim)
@@ -59,7 +62,7 @@ def pretrain(
     started = time.perf_counter()
     settings, stage = config.pretrain, open_stage("pretrain", directory, runtime)
     size = train_image_size(config.data.image_size, train)
-    model = runtime.module(build_contrastive_model(config, size, train.channels))
+    model = runtime.module(build_contrastive_model(config, train, size))
     labelled = bool((train.labels >= 0).any())
     online = (
         runtime.module(LinearClassifier(model.encoder.out_dim, train.num_classes))
