@@ -2,9 +2,9 @@
 
 TensorBundle stores each tensor's CRC-32C *masked* (:func:`mask`), and so does every LevelDB block
 of the ``.index``. A byte-at-a-time table loop in Python runs at a few MB/s, too slow for a 184 MB
-shard, so long inputs are cut into many equal lanes processed side by side, 4 bytes per numpy
-step (slicing-by-4), and the lane checksums are merged with the "append n zero bytes" operator,
-which is linear over GF(2). With the optional extra ``fast-crc`` (``google-crc32c``) installed, its
+shard, so long inputs are cut into many short lanes processed side by side, 4 bytes per numpy
+step through two 16-bit tables (slicing-by-4), and the lane checksums are merged with the
+"append n zero bytes" operator, which is linear over GF(2). With the optional extra ``fast-crc`` (``google-crc32c``) installed, its
 C implementation is used instead.
 """
 
@@ -17,8 +17,8 @@ import numpy as np
 POLY = 0x82F63B78  # Castagnoli polynomial, bit-reflected
 MASK_DELTA = 0xA282EAD8  # LevelDB / TensorFlow checksum mask
 _U32 = 0xFFFFFFFF
-_LANE_BYTES = 1024  # bytes each lane processes before lanes are merged
-_MAX_LANES = 8192  # lanes per piece: pieces of 8 MiB bound the working memory
+_LANE_BYTES = 64  # bytes of each lane: 16 numpy steps, whatever the input's length
+_MAX_LANES = 65536  # lanes per piece: pieces of 4 MiB bound the working memory
 _SHORT = 2048  # below this many bytes the plain byte loop is faster than numpy
 
 
@@ -36,6 +36,10 @@ def _tables() -> np.ndarray:
 
 _T = _tables()
 _T0 = _T[0].tolist()
+_V = np.arange(1 << 16, dtype=np.uint32)
+# a 4-byte word's low and high 16 bits -> their share of the register 4 bytes later
+_LOW16 = _T[3][_V & 0xFF] ^ _T[2][_V >> 8]
+_HIGH16 = _T[1][_V & 0xFF] ^ _T[0][_V >> 8]
 
 
 def _apply(op: np.ndarray, state: np.ndarray) -> np.ndarray:
@@ -79,9 +83,9 @@ def _lanes(data: np.ndarray) -> int:
     lanes = len(data) // _LANE_BYTES
     words = data.view("<u4").reshape(lanes, -1).T.copy()  # (steps, lanes), contiguous rows
     state = np.zeros(lanes, dtype=np.uint32)
-    for word in words:  # slicing-by-4: four byte lookups per 4-byte word
+    for word in words:  # slicing-by-4, as two lookups of 16 bits
         x = state ^ word
-        state = _T[3][x & 0xFF] ^ _T[2][(x >> 8) & 0xFF] ^ _T[1][(x >> 16) & 0xFF] ^ _T[0][x >> 24]
+        state = _LOW16[x & 0xFFFF] ^ _HIGH16[x >> 16]
     length_log2 = _LANE_BYTES.bit_length() - 1
     while len(state) > 1:  # merge neighbours: crc(a + b) = zeros(len b)(crc a) ^ crc(b)
         state = _apply(_zeros_operator(length_log2), state[0::2]) ^ state[1::2]
