@@ -7,7 +7,14 @@ import torch
 
 from simclrv2 import load_exported
 from simclrv2.cli import main
-from simclrv2.convert.tensorbundle import TensorBundle, shard_path, write_bundle
+from simclrv2.convert import protowire
+from simclrv2.convert.tensorbundle import (
+    OBJECT_GRAPH_KEY,
+    TensorBundle,
+    object_graph_names,
+    shard_path,
+    write_bundle,
+)
 from simclrv2.convert.tf_simclr import convert, plan_conversion, selector_rule, tf1_names
 from simclrv2.errors import UserError
 from simclrv2.export import ExportedModel
@@ -218,3 +225,34 @@ def test_wrong_head_input_and_busy_destination_are_refused(simclr_tf, tmp_path):
     with pytest.raises(UserError, match="not empty"):
         convert(simclr_tf / SOURCES["tf1"], tmp_path / "busy")
     assert (tmp_path / "busy" / "keep.txt").read_text() == "mine"
+
+
+def _object_graph(full_names: dict[str, str]) -> bytes:
+    """A TrackableObjectGraph whose nodes each carry one variable (checkpoint key, full name)."""
+    nodes = []
+    for key, full_name in full_names.items():
+        attribute = protowire.field(1, b"VARIABLE_VALUE") + protowire.field(2, full_name.encode())
+        attribute += protowire.field(3, key.encode())
+        nodes.append(protowire.field(1, protowire.field(2, attribute)))
+    return b"".join(nodes)
+
+
+def test_synchronised_batchnorm_names_of_the_tf2_releases(simclr_tf, tmp_path):
+    """The TF2 releases were exported with SyncBatchNormalization: Keras names its layers
+    sync_batch_normalization_N. The fixture's SavedModel, renamed so, converts to the same model."""
+    saved = TensorBundle(simclr_tf / "tf2_savedmodel" / "variables" / "variables")
+    names = {
+        key: name.replace("batch_normalization", "sync_batch_normalization")
+        for key, name in object_graph_names(saved).items()
+    }
+    tensors = {key: saved.read(key) for key in names}
+    folder = tmp_path / "saved_model" / "variables"
+    folder.mkdir(parents=True)
+    write_bundle(folder / "variables", tensors | {OBJECT_GRAPH_KEY: _object_graph(names)})
+    convert(tmp_path / "saved_model", tmp_path / "sync")
+    convert(simclr_tf / "tf2_savedmodel", tmp_path / "plain")
+    sync, plain = (load_exported(tmp_path / name) for name in ("sync", "plain"))
+    for part in ("encoder", "projection_head", "classifier"):
+        expected = getattr(plain, part).state_dict()
+        for key, value in getattr(sync, part).state_dict().items():
+            torch.testing.assert_close(value, expected[key], rtol=0, atol=0)

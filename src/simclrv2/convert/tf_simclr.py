@@ -238,10 +238,12 @@ def selector_rule(source: str | Path) -> tuple[int, str]:
 
 def _build(
     spec: ResNetSpec, roles: Mapping[Role, str], shapes: Mapping[str, tuple[int, ...]],
-    selector: int,
+    selector: int, source: str,
 ) -> ExportedModel:  # fmt: skip
     """Encoder, projection head and classifier on the meta device, sized from the checkpoint."""
     head_layers = sorted({role[2] for role in roles if role[0] == "head"})
+    if any(("head", "dense", j, "kernel") not in roles for j in head_layers):
+        raise UserError(f"{source} has a projection head layer without its dense kernel")
     with torch.device("meta"):
         encoder = ResNet(spec)
         head = None
@@ -334,7 +336,7 @@ def plan_conversion(
     )
     if not has_head:
         selector, rule = 0, "h: there is no projection head"
-    model = _build(spec, roles, shapes, selector)
+    model = _build(spec, roles, shapes, selector, source)
 
     _check_layer_counts(model, roles, source)
     sources: dict[str, dict[str, tuple[str, Role]]] = defaultdict(dict)
@@ -413,8 +415,7 @@ def convert(
     model = plan.model
     with torch.no_grad():
         for part, keys in plan.sources.items():
-            module = getattr(model, part).to_empty(device="cpu")
-            setattr(model, part, module)
+            module = getattr(model, part).to_empty(device="cpu")  # in place: memory, no values
             state = module.state_dict(keep_vars=True)
             for torch_key, (key, role) in keys.items():
                 state[torch_key].copy_(to_torch(bundle.read(key), role))
