@@ -11,13 +11,14 @@ C implementation is used instead.
 from __future__ import annotations
 
 import functools
+from collections.abc import Callable
 
 import numpy as np
 
 POLY = 0x82F63B78  # Castagnoli polynomial, bit-reflected
 MASK_DELTA = 0xA282EAD8  # LevelDB / TensorFlow checksum mask
 _U32 = 0xFFFFFFFF
-_LANE_BYTES = 64  # bytes of each lane: 16 numpy steps, whatever the input's length
+_LANE_BYTES = 64  # bytes of each lane (a power of two): 16 numpy steps, whatever the length
 _MAX_LANES = 65536  # lanes per piece: pieces of 4 MiB bound the working memory
 _SHORT = 2048  # below this many bytes the plain byte loop is faster than numpy
 
@@ -116,7 +117,7 @@ def _extend_numpy(crc: int, data: bytes | memoryview | np.ndarray) -> int:
     return register ^ _U32
 
 
-def _fast_extend():
+def _fast_extend() -> Callable[[int, bytes], int] | None:
     """``google_crc32c.extend`` when its C build is installed (extra ``fast-crc``), else None."""
     try:
         import google_crc32c
