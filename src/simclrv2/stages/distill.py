@@ -57,8 +57,7 @@ def distill(
         settings.epochs,
         settings.batch_size,
         len(unlabelled),
-        classifiers=(student.linear,),
-    )
+    )  # the student is trained from scratch: its classifier is adapted by LARS like every layer
     mix_labels = settings.alpha < 1 and labelled is not None
 
     def step(images: Tensor, labels: Tensor, generator: torch.Generator) -> dict[str, Tensor]:

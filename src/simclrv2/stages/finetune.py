@@ -80,7 +80,8 @@ def finetune(
         config.finetune.epochs,
         batch_size,
         len(labelled),
-        classifiers=(model.linear,),
+        # fine-tuning follows the authors (head_supervised outside LARS); from scratch, it is a layer
+        classifiers=(model.linear,) if init is not None else (),
     )
 
     def step(images: Tensor, labels: Tensor, generator: torch.Generator) -> dict[str, Tensor]:
