@@ -1,5 +1,6 @@
 """What a run records: scalars in ``metrics.csv`` (long format, appended, so a resumed run continues the
-same file), the log in ``log.txt`` and on the console, and a progress bar with rate and ETA."""
+same file) and as TensorBoard events, the log in ``log.txt`` and on the console, and a progress bar
+with rate and ETA."""
 
 from __future__ import annotations
 
@@ -10,6 +11,8 @@ import time
 from pathlib import Path
 
 from tqdm import tqdm
+
+from simclrv2.tensorboard import EventWriter
 
 LOG = logging.getLogger("simclrv2")
 CSV_COLUMNS = ("stage", "epoch", "step", "name", "value", "time")
@@ -39,7 +42,8 @@ def setup_logging(log_file: Path | None, enabled: bool = True) -> None:
 
 
 class MetricsWriter:
-    """Appends ``(stage, epoch, step, name, value, time)`` rows to ``metrics.csv``."""
+    """Appends ``(stage, epoch, step, name, value, time)`` rows to ``metrics.csv`` and the same
+    scalars, tagged ``<stage>/<name>``, to a TensorBoard event file beside it."""
 
     def __init__(self, path: Path, stage: str, enabled: bool = True) -> None:
         self.path, self.stage, self.enabled = path, stage, enabled
@@ -50,6 +54,7 @@ class MetricsWriter:
             self._csv = csv.writer(self._file)
             if new:
                 self._csv.writerow(CSV_COLUMNS)
+            self._events = EventWriter(path.parent)
 
     def write(self, step: int, epoch: float, values: dict[str, float]) -> None:
         if not self.enabled:
@@ -58,10 +63,14 @@ class MetricsWriter:
         for name, value in values.items():
             self._csv.writerow((self.stage, round(epoch, 4), step, name, float(value), now))
         self._file.flush()
+        self._events.scalars(
+            step, {f"{self.stage}/{name}": float(value) for name, value in values.items()}
+        )
 
     def close(self) -> None:
         if self.enabled:
             self._file.close()
+            self._events.close()
 
 
 def read_metrics(path: Path) -> list[dict]:
