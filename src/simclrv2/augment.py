@@ -29,10 +29,11 @@ Semantics follow the authors' TF2 ``data_util.py`` and the TF kernels it calls:
   over all positions but the last, and the whole image after 100 failures.
 - Resize: TF2 ``tf.image.resize(..., BICUBIC)``: Keys cubic (a = -0.5), half-pixel centres, taps
   outside the crop get zero weight and the rest are renormalised, no antialiasing. Exact weights
-  (TF uses a 1024-entry table: differences below 1e-3 of a grey level). Crop, flip and resize are
-  one pair of per-image resampling matrices applied by batched matmul, which is exact and runs on
-  BLAS; ``grid_sample`` would sample outside the crop and has only a = -0.75. The result is
-  clipped to [0, 1] at once (the reference clips only after the first colour op).
+  (TF tabulates the kernel in steps of 1/1024: differences below 1e-3, a fifth of a grey
+  level). Crop, flip and resize are one pair of per-image resampling matrices applied by batched
+  matmul, which is exact and runs on BLAS; ``grid_sample`` would sample outside the crop and has
+  only a = -0.75. The result is clipped to [0, 1] at once (the reference clips only after the
+  first colour op).
 - Colour jitter of strength s, with probability ``jitter_p``: brightness, contrast, saturation
   and hue in a random order per image, clipped to [0, 1] after each. Brightness ``"v2"``
   multiplies by U(max(0, 1 - 0.8s), 1 + 0.8s), ``"v1"`` adds U(-0.8s, 0.8s). Contrast is
@@ -72,10 +73,10 @@ TF_MIN_COVERED = 0.1  # the reference's min_object_covered: crops below 10% of t
 EVAL_CROP = 0.875  # centre-crop fraction for evaluation above 32 px (reference CROP_PROPORTION)
 GRAY_WEIGHTS = (0.2989, 0.5870, 0.1140)  # tf.image.rgb_to_grayscale
 KEYS_A = -0.5  # Keys cubic coefficient of TF2's half-pixel bicubic resize
-# On the CPU views are rendered about 4 MB of floats at a time: a fresh allocation of tens of MB
+# On the CPU views are rendered about 8 MB of floats at a time: a fresh allocation of tens of MB
 # costs a page fault per 4 kB (about 0.7 ms per MB on a 2-core VM), which made whole-batch
-# rendering at 224 px three times slower; much smaller chunks pay per-op overhead instead.
-CPU_CHUNK_ELEMENTS = 2**20
+# rendering at 224 px three times slower; much smaller chunks multiply the ops instead.
+CPU_CHUNK_ELEMENTS = 2**21
 
 CropSampler = Literal["area", "tf"]
 
@@ -462,30 +463,28 @@ class SimCLRAugment:
     def apply(self, images: Tensor, params: ViewParams) -> Tensor:
         """Render the views ``params`` describes: uint8 (N, C, H, W) -> float32 (N, C, size, size).
 
-        Images that share an op order (or get no jitter) are rendered together, so each colour
-        op runs once per group on all of it; on the CPU a group goes a chunk at a time.
+        Each op runs once per step of the random order on the images that take it there (16
+        subsets for the jitter), a CPU chunk at a time; the op count stays in the hundreds, which
+        matters on a busy CPU where every multi-threaded op can wait for a descheduled thread.
         """
         n, c = images.shape[:2]
         chunk = max(1, CPU_CHUNK_ELEMENTS // (c * self.size**2)) if images.is_cpu else n
-        group = params.order @ torch.tensor([64, 16, 4, 1], device=images.device)  # (N,) codes
-        group = torch.where(params.jitter, group, 256)  # 256: no jitter
-        group, by_group = group.sort(stable=True)
-        views = torch.empty(n, c, self.size, self.size, device=images.device)
-        start = 0
-        for count in torch.unique_consecutive(group, return_counts=True)[1].tolist():
-            for part in by_group[start : start + count].split(chunk):
-                views[part] = self._render(images[part], params[part])
-            start += count
+        if chunk >= n:
+            return self._render(images, params)
+        views = torch.empty(n, c, self.size, self.size)
+        for start in range(0, n, chunk):
+            part = slice(start, start + chunk)
+            views[part] = self._render(images[part], params[part])
         return views
 
     def _render(self, images: Tensor, params: ViewParams) -> Tensor:
-        """Views of images that all share one op order, or all skip the jitter."""
         x = resized_crops(images, params.boxes, self.size, params.flip)
-        if params.jitter[0]:
-            brightness = scale_brightness if self.brightness == "v2" else shift_brightness
-            ops = (brightness, adjust_contrast, adjust_saturation, adjust_hue)
-            for index in params.order[0].tolist():
-                x = ops[index](x, params.factors[:, index]).clamp_(0, 1)
+        brightness = scale_brightness if self.brightness == "v2" else shift_brightness
+        ops = (brightness, adjust_contrast, adjust_saturation, adjust_hue)
+        for step in range(4):
+            for index, op in enumerate(ops):
+                chosen = params.jitter & (params.order[:, step] == index)
+                _apply_where(x, chosen, op, params.factors[:, index])
         _apply_where(x, params.grayscale, to_grayscale)
         blur = partial(gaussian_blur, kernel_size=blur_kernel_size(self.size))
         _apply_where(x, params.blur, blur, params.sigma)

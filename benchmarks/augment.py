@@ -1,0 +1,198 @@
+"""Images/s of SimCLR's pretraining augmentation on this CPU, three ways, in one table:
+
+- simclrv2: ``SimCLRAugment.reference(size)`` on the whole batch (the library's hot path);
+- kornia 0.9: the equivalent ``kornia.augmentation`` pipeline (RandomResizedCrop bicubic,
+  RandomHorizontalFlip, ColorJiggle 0.8s/0.8s/0.8s/0.2s with p 0.8, RandomGrayscale 0.2,
+  RandomGaussianBlur 0.5 with zero padding where the recipe blurs), run in its own virtual
+  environment as a subprocess of this script;
+- per-image loop: the same ``SimCLRAugment`` called on one image at a time, as a per-sample
+  data-loader transform would.
+
+Cases: 32 px at batch 512 (CIFAR-10 recipe: s = 0.5, no blur) and 224 px at batch 128 (ImageNet
+recipe: s = 1.0, blur), random uint8 RGB inputs at the output size. Then the time two views of a
+512-image batch take at 32 px, as a share of one forward + backward step of
+``resnet18(cifar_stem=True)`` on 512 images of 32 px (a SimCLR step feeds it both views, 1024
+images, so the true share is about half of this).
+
+Set up kornia once (it reuses the installed torch, so no CUDA build is pulled)::
+
+    python -m venv --system-site-packages benchmarks/.venvs/kornia
+    benchmarks/.venvs/kornia/bin/pip install kornia==0.9.0
+
+Run::
+
+    python benchmarks/augment.py [--threads N] [--repeats 5]
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import torch
+
+REPO = Path(__file__).resolve().parents[1]
+KORNIA_PYTHON = REPO / "benchmarks" / ".venvs" / "kornia" / "bin" / "python"
+CASES = ((32, 512), (224, 128))  # (image side, batch)
+
+
+def median_seconds(fn: Callable[[], object], repeats: int) -> float:
+    """Median wall time of ``fn`` over ``repeats`` calls, after one warm-up call."""
+    fn()
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
+def inputs(size: int, batch: int) -> torch.Tensor:
+    generator = torch.Generator().manual_seed(size)
+    return torch.randint(0, 256, (batch, 3, size, size), dtype=torch.uint8, generator=generator)
+
+
+def kornia_rates(repeats: int) -> dict[int, float]:
+    """Images/s of kornia's pipeline per case; runs inside the kornia virtual environment."""
+    import kornia.augmentation as K
+
+    from simclrv2.augment import SimCLRAugment, blur_kernel_size
+
+    rates = {}
+    for size, batch in CASES:
+        recipe = SimCLRAugment.reference(size)
+        s = recipe.jitter_strength
+        ops = [
+            K.RandomResizedCrop(
+                (size, size), scale=recipe.crop_scale, ratio=recipe.crop_ratio, resample="BICUBIC"
+            ),
+            K.RandomHorizontalFlip(p=recipe.flip_p),
+            K.ColorJiggle(0.8 * s, 0.8 * s, 0.8 * s, 0.2 * s, p=recipe.jitter_p),
+            K.RandomGrayscale(p=recipe.grayscale_p),
+        ]
+        if recipe.blur:
+            k = blur_kernel_size(size)
+            ops.append(
+                K.RandomGaussianBlur((k, k), recipe.blur_sigma, border_type="constant", p=0.5)
+            )
+        pipeline = torch.nn.Sequential(*ops)
+        images = inputs(size, batch)
+
+        def run(pipeline=pipeline, images=images) -> torch.Tensor:
+            with torch.no_grad():
+                return pipeline(images.float() / 255).clamp(0, 1)
+
+        rates[size] = batch / median_seconds(run, repeats)
+    return rates
+
+
+def kornia_in_its_venv(threads: int, repeats: int) -> dict[int, float] | None:
+    if not KORNIA_PYTHON.exists():
+        print(f"(kornia skipped: {KORNIA_PYTHON} missing; see this script's docstring)")
+        return None
+    command = [str(KORNIA_PYTHON), __file__, "--kornia-worker"]
+    command += ["--threads", str(threads), "--repeats", str(repeats)]
+    result = subprocess.run(command, capture_output=True, text=True, check=True)
+    return {int(k): v for k, v in json.loads(result.stdout.splitlines()[-1]).items()}
+
+
+def simclrv2_rates(size: int, batch: int, repeats: int) -> tuple[float, float]:
+    """Images/s of SimCLRAugment on the whole batch, and called on one image at a time."""
+    from simclrv2.augment import SimCLRAugment
+
+    augment, images = SimCLRAugment.reference(size), inputs(size, batch)
+    generator = torch.Generator().manual_seed(0)
+    batched = median_seconds(lambda: augment(images, generator), repeats)
+    looped = median_seconds(
+        lambda: [augment(image[None], generator) for image in images], max(1, repeats // 2)
+    )
+    return batch / batched, batch / looped
+
+
+def two_views_seconds(repeats: int) -> float:
+    """Two views of 512 images of 32 px (CIFAR-10 recipe), as a pretraining step makes them."""
+    from simclrv2.augment import SimCLRAugment
+
+    augment, images = SimCLRAugment.reference(32), inputs(32, 512)
+    generator = torch.Generator().manual_seed(0)
+    return median_seconds(lambda: (augment(images, generator), augment(images, generator)), repeats)
+
+
+def resnet18_step_seconds(repeats: int) -> float:
+    """Forward + backward of resnet18 (CIFAR stem) on 512 images of 32 px."""
+    from simclrv2.models import resnet18
+
+    model = resnet18(cifar_stem=True)
+    images = torch.rand(512, 3, 32, 32)
+
+    def step() -> None:
+        model.zero_grad(set_to_none=True)
+        model(images).square().mean().backward()
+
+    return median_seconds(step, repeats)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--threads", type=int, default=torch.get_num_threads())
+    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--step-repeats", type=int, default=2, help="ResNet-18 steps timed")
+    parser.add_argument("--kornia-worker", action="store_true", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    if args.kornia_worker:
+        print(json.dumps(kornia_rates(args.repeats)))
+        return
+
+    from simclrv2.tables import format_table
+
+    cpu = next(
+        (
+            line.split(":", 1)[1].strip()
+            for line in Path("/proc/cpuinfo").read_text().splitlines()
+            if line.startswith("model name")
+        ),
+        platform.processor(),
+    )
+    print(
+        f"{datetime.datetime.now():%Y-%m-%d %H:%M}, {cpu}, {os.cpu_count()} cores, "
+        f"torch {torch.__version__}, {args.threads} threads, load average {os.getloadavg()[0]:.2f}"
+    )
+    kornia = kornia_in_its_venv(args.threads, args.repeats)
+    rows = []
+    for size, batch in CASES:
+        batched, looped = simclrv2_rates(size, batch, args.repeats)
+        other = kornia[size] if kornia else None
+        rows.append(
+            {
+                "size_px": size,
+                "batch": batch,
+                "simclrv2_img_s": round(batched),
+                "kornia_img_s": round(other) if other else None,
+                "per_image_loop_img_s": round(looped),
+                "x_kornia": round(batched / other, 2) if other else None,
+                "x_loop": round(batched / looped, 1),
+            }
+        )
+    print(format_table(rows, markdown=True))
+
+    views, step = two_views_seconds(args.repeats), resnet18_step_seconds(args.step_repeats)
+    print(
+        f"\ntwo views of 512 images at 32 px: {views * 1000:.0f} ms = {100 * views / step:.1f}% "
+        f"of a resnet18 (CIFAR stem) forward+backward step on 512 images ({step:.2f} s)"
+    )
+    print(f"load average at the end: {os.getloadavg()[0]:.2f}")
+
+
+if __name__ == "__main__":
+    sys.path.insert(0, str(REPO / "src"))  # measure this checkout, not an installed copy
+    main()
