@@ -302,14 +302,16 @@ def test_tf_sampler_matches_a_port_of_the_tf_kernel():
             assert abs(count - n * p) <= 5 * math.sqrt(2 * n * p * (1 - p)) + 2
 
 
-def test_crop_offsets_are_uniform_over_positions():
+@pytest.mark.parametrize(("sampler", "positions"), [("area", 6), ("tf", 5)])
+def test_crop_offsets_are_uniform_over_positions(sampler, positions):
+    # a 5 x 5 box fits at 6 positions per axis in 10 x 10; TF's kernel never draws the last one
     n = 30_000
-    boxes = sample_crop_boxes(n, 10, 10, gen(3), scale=(0.25, 0.25), ratio=(1.0, 1.0))
-    assert (boxes[:, 2:] == 5).all()  # a 5 x 5 box fits at 6 x 6 positions
+    boxes = sample_crop_boxes(n, 10, 10, gen(3), (0.25, 0.25), (1.0, 1.0), sampler)
+    assert (boxes[:, 2:] == 5).all()
     for column in (0, 1):
-        counts = torch.bincount(boxes[:, column], minlength=6)
-        assert len(counts) == 6
-        assert all(within_sampling_error(c, n, 1 / 6) for c in counts.tolist())
+        counts = torch.bincount(boxes[:, column], minlength=positions)
+        assert len(counts) == positions
+        assert all(within_sampling_error(c, n, 1 / positions) for c in counts.tolist())
 
 
 def test_crops_that_never_fit_fall_back_to_a_centre_crop():
