@@ -86,7 +86,7 @@ def _confusion(stage: Path, out: Path) -> str | None:
     normalised = matrix / matrix.sum(1, keepdim=True).clamp_min(1)
     figure = Figure(figsize=(4.2, 3.8))
     axis = figure.subplots()
-    image = axis.imshow(normalised, cmap="Blues", vmin=0, vmax=1)
+    image = axis.imshow(normalised.numpy(), cmap="Blues", vmin=0, vmax=1)
     axis.set(
         xlabel="predicted class",
         ylabel="true class",
@@ -126,7 +126,9 @@ def _embedding_map(run: Path, out: Path) -> str | None:
     points = centred @ components[:, :2]
     figure = Figure(figsize=(5.5, 4.5))
     axis = figure.subplots()
-    scatter = axis.scatter(points[:, 0], points[:, 1], c=labels, cmap="tab10", s=4)
+    scatter = axis.scatter(
+        points[:, 0].numpy(), points[:, 1].numpy(), c=labels.numpy(), cmap="tab10", s=4
+    )
     names = test.classes or [str(c) for c in range(int(labels.max()) + 1)]
     axis.legend(scatter.legend_elements()[0], names, fontsize=7, loc="best", markerscale=0.8)
     axis.set(title="test embeddings h (PCA)", xticks=[], yticks=[])

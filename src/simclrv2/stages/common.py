@@ -23,7 +23,10 @@ from simclrv2.training import Stage
 RESULTS = "results.json"
 
 
-def open_stage(name: str, directory: Path, runtime: Runtime) -> Stage:
+def open_stage(name: str, directory: Path, runtime: Runtime, seed: int) -> Stage:
+    """The stage's folder and metrics; seeds the global generator, so that the networks the stage
+    builds next start from the same weights on every run (and every process) with this seed."""
+    torch.manual_seed(seed)
     directory.mkdir(parents=True, exist_ok=True)
     writer = MetricsWriter(directory / "metrics.csv", name, enabled=distributed.rank() == 0)
     return Stage(name, directory, runtime, writer)

@@ -42,7 +42,7 @@ def distill(
     runtime: Runtime, teacher: Classifier,
 ) -> ClassifierResult:  # fmt: skip
     started = time.perf_counter()
-    settings, stage = config.distill, open_stage("distill", directory, runtime)
+    settings, stage = config.distill, open_stage("distill", directory, runtime, config.runtime.seed)
     size = train_image_size(config.data.image_size, unlabelled)
     teacher = runtime.module(teacher).eval().requires_grad_(False)
     arch = settings.student_arch or arch_name(teacher.encoder.spec)

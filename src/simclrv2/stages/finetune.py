@@ -49,7 +49,7 @@ def finetune(
     """Fine-tune ``init`` (or train from scratch when None) on ``labelled``; evaluate on ``test``."""
     started = time.perf_counter()
     name = "finetune" if init is not None else "supervised"
-    stage = open_stage(name, directory, runtime)
+    stage = open_stage(name, directory, runtime, config.runtime.seed)
     size = train_image_size(config.data.image_size, labelled)
     if init is None:
         encoder = build_stage_encoder(config.model, config.model.arch, labelled, size)

@@ -60,7 +60,10 @@ def pretrain(
     runtime: Runtime,
 ) -> PretrainResult:
     started = time.perf_counter()
-    settings, stage = config.pretrain, open_stage("pretrain", directory, runtime)
+    settings, stage = (
+        config.pretrain,
+        open_stage("pretrain", directory, runtime, config.runtime.seed),
+    )
     size = train_image_size(config.data.image_size, train)
     model = runtime.module(build_contrastive_model(config, train, size))
     labelled = bool((train.labels >= 0).any())

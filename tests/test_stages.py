@@ -1,0 +1,213 @@
+"""Every stage end to end on a tiny real data set, through the CLI a user types."""
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from safetensors.torch import load_file
+
+from conftest import TINY_OVERRIDES
+from simclrv2 import load_encoder
+from simclrv2.cli import main
+from simclrv2.metrics import read_metrics
+from simclrv2.report import build_report
+
+
+@pytest.fixture(scope="module")
+def pipeline_run(tiny_data, tmp_path_factory):
+    out = tmp_path_factory.mktemp("pipeline") / "run"
+    assert main(["pipeline", "--data", str(tiny_data), "--out", str(out), *TINY_OVERRIDES]) == 0
+    return out
+
+
+def test_pipeline_writes_every_stage_and_one_table(pipeline_run, capsys):
+    rows = json.loads((pipeline_run / "results.json").read_text())
+    methods = [row["method"] for row in rows]
+    assert methods[:2] == ["SimCLR + kNN (k=20)", "SimCLR + linear eval"]
+    assert {r["labels"] for r in rows[2:]} == {"10%"} and len(rows) == 5
+    for row in rows:
+        assert 0 <= row["top1"] <= row["top5"] <= 100
+    for stage in ("pretrain", "finetune-10%", "supervised-10%", "distill-10%"):
+        folder = pipeline_run / stage
+        assert (folder / "model" / "model.safetensors").is_file()
+        results = json.loads((folder / "results.json").read_text())
+        assert results["seconds"] > 0
+        assert any(folder.glob("events.out.tfevents.*"))
+        losses = [r for r in read_metrics(folder / "metrics.csv") if r["name"] == "loss"]
+        assert losses and all(np.isfinite(r["value"]) for r in losses)
+    finetuned = json.loads((pipeline_run / "finetune-10%" / "results.json").read_text())
+    assert finetuned["labelled_images"] == 20  # round(10% of 16) = 2 per class
+    assert np.array(finetuned["confusion"]).sum() == 40  # every test image once
+    assert (pipeline_run / "labels-10%.txt").is_file()
+    assert (pipeline_run / "config.yaml").is_file() and (
+        pipeline_run / "environment.json"
+    ).is_file()
+
+
+def test_report_renders_the_runs_numbers(pipeline_run):
+    page = build_report(pipeline_run).read_text()
+    rows = json.loads((pipeline_run / "results.json").read_text())
+    for row in rows:
+        assert row["method"] in page and f"{row['top1']:.4g}" in page
+    images = sorted((pipeline_run / "report").glob("*.png"))
+    names = {p.name for p in images}
+    assert {
+        "pretrain-curves.png",
+        "pretrain-accuracy.png",
+        "finetune-10%-confusion.png",
+        "embeddings.png",
+        "augmentations.png",
+    } <= names
+    for path in images:
+        with Image.open(path) as image:
+            image.load()
+            assert image.size[0] > 100 and image.size[1] > 100
+        assert f'src="report/{path.name}"' in page
+
+
+def test_a_finished_pipeline_is_reused_on_resume(pipeline_run, capsys):
+    before = (pipeline_run / "pretrain" / "results.json").read_text()
+    assert main(["pipeline", "--resume", str(pipeline_run)]) == 0
+    assert (pipeline_run / "pretrain" / "results.json").read_text() == before
+    assert "supervised from scratch" in capsys.readouterr().out
+
+
+def test_each_stage_command(pipeline_run, tiny_data, tmp_path, capsys):
+    data = ["--data", str(tiny_data)]
+    pretrained = pipeline_run / "pretrain" / "model"
+    assert (
+        main(
+            [
+                "finetune",
+                "--init",
+                str(pretrained),
+                "--labels",
+                "3-per-class",
+                "--out",
+                str(tmp_path / "ft"),
+                *data,
+                *TINY_OVERRIDES,
+            ]
+        )
+        == 0
+    )
+    assert json.loads((tmp_path / "ft" / "results.json").read_text())["labelled_images"] == 30
+    assert (
+        main(
+            ["finetune", "--labels", "25%", "--out", str(tmp_path / "sup"), *data, *TINY_OVERRIDES]
+        )
+        == 0
+    )
+    teacher = tmp_path / "ft" / "model"
+    assert (
+        main(
+            [
+                "distill",
+                "--teacher",
+                str(teacher),
+                "--labels",
+                "0.1",
+                "--out",
+                str(tmp_path / "dist"),
+                *data,
+                *TINY_OVERRIDES,
+                "distill.alpha=0.5",
+            ]
+        )
+        == 0
+    )
+    losses = {r["name"] for r in read_metrics(tmp_path / "dist" / "metrics.csv")}
+    assert {"distill_loss", "label_loss"} <= losses
+    capsys.readouterr()
+    for command in ("linear", "knn"):
+        assert main([command, "--init", str(pretrained), *data, *TINY_OVERRIDES]) == 0
+        result = json.loads(capsys.readouterr().out)
+        assert 0 <= result["top1"] <= result["top5"] <= 100
+    for name in ("h.npy", "h.safetensors"):
+        assert (
+            main(
+                [
+                    "embed",
+                    "--init",
+                    str(pretrained),
+                    "--out",
+                    str(tmp_path / name),
+                    "--split",
+                    "test",
+                    *data,
+                    *TINY_OVERRIDES,
+                ]
+            )
+            == 0
+        )
+    embeddings = np.load(tmp_path / "h.npy")
+    encoder = load_encoder(pretrained)
+    assert embeddings.shape == (40, encoder.out_dim)
+    assert len((tmp_path / "h.npy.names.txt").read_text().split()) == 40
+    stored = load_file(tmp_path / "h.safetensors")
+    torch.testing.assert_close(stored["embeddings"], torch.from_numpy(embeddings))
+
+
+def test_resume_after_an_interruption_continues_the_same_loss_curve(
+    tiny_data, tmp_path, monkeypatch
+):
+    import simclrv2.training as training
+
+    args = [
+        "pretrain",
+        "--data",
+        str(tiny_data),
+        *TINY_OVERRIDES,
+        "pretrain.checkpoint_every=3",
+        "pretrain.knn_every=0",
+    ]
+    assert main([*args, "--out", str(tmp_path / "whole")]) == 0
+
+    class StopAtStep5(training._StopSignal):
+        calls = 0
+
+        @property
+        def requested(self) -> bool:
+            StopAtStep5.calls += 1
+            return StopAtStep5.calls == 5
+
+        @requested.setter
+        def requested(self, value: bool) -> None:
+            pass
+
+    monkeypatch.setattr(training, "_StopSignal", StopAtStep5)
+    assert main([*args, "--out", str(tmp_path / "split")]) == 0  # interrupted: a checkpoint, exit 0
+    stopped = read_metrics(tmp_path / "split" / "metrics.csv")
+    assert max(r["step"] for r in stopped) < 10  # it really stopped early
+    monkeypatch.undo()
+    assert main(["pretrain", "--resume", str(tmp_path / "split")]) == 0
+
+    def curve(run):
+        return [
+            (r["step"], r["value"])
+            for r in read_metrics(tmp_path / run / "metrics.csv")
+            if r["name"] == "contrastive_loss"
+        ]
+
+    assert curve("split") == curve("whole")
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["pretrain", "--data", "/no/such/folder"], "/no/such/folder does not exist"),
+        (["pretrain", "--preset", "imagenet"], "unknown preset 'imagenet'"),
+        (["pretrain", "pretrain.epoks=3"], "did you mean 'pretrain.epochs'"),
+        (["finetune", "--init", "/no/model", "--labels", "1%"], "not an exported model"),
+        (["finetune", "--labels", "150%"], "must be a fraction in (0, 1]"),
+        (["pretrain", "--resume", "/no/run"], "not a run directory"),
+    ],
+)
+def test_cli_errors_are_one_line(argv, message, tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("simclrv2: error: ") and message in err
+    assert "\n" not in err and "Traceback" not in err
