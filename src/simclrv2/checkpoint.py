@@ -1,11 +1,12 @@
 """Checkpoints that survive being killed: atomic, verified, never unpickling arbitrary objects.
 
 Each checkpoint is a directory ``step-00001234/`` holding ``state.pt`` (``torch.save`` of tensors and
-plain Python values) and ``manifest.json`` (step, sha256 of ``state.pt``). It is written in a temporary
-directory, fsynced, and renamed into place, so a directory with a final name is always complete. The
-newest ``keep`` checkpoints are kept; loading verifies the checksum and falls back to the previous
-good checkpoint if the newest is damaged. Loading uses ``torch.load(weights_only=True)``: a file
-that needs arbitrary pickled objects is refused.
+plain Python values) and ``manifest.json`` (step, size and sha256 of ``state.pt``). It is written in
+a temporary directory, fsynced, and renamed into place, so a directory with a final name is always
+complete; a failed write (a full disk) leaves the previous checkpoints as they were. The newest
+``KEEP`` are kept; loading verifies the checksum and falls back to the previous good checkpoint if
+the newest is damaged. Loading uses ``torch.load(weights_only=True)``: a file that needs arbitrary
+pickled objects is refused before anything in it runs.
 """
 
 from __future__ import annotations
@@ -14,17 +15,22 @@ import hashlib
 import json
 import os
 import pickle
+import re
 import shutil
 import tempfile
 import warnings
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
 import torch
+from torch import nn
 
-from simclrv2.errors import UserError
+from simclrv2.errors import UserError, first_line
 
-STATE, MANIFEST, PREFIX = "state.pt", "manifest.json", "step-"
+STATE, MANIFEST, PREFIX, STAGING = "state.pt", "manifest.json", "step-", ".tmp-"
+KEEP = 2  # checkpoints kept: the newest, and the previous one in case the newest is damaged
+OPTIMIZER_BUFFERS = 2  # tensors an optimiser keeps per parameter, at most (AdamW; momentum: 1)
 
 
 def _sha256(path: Path) -> str:
@@ -43,14 +49,36 @@ def _fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
-def save_checkpoint(directory: str | Path, step: int, state: dict[str, Any], keep: int = 2) -> Path:
-    """Write ``state`` as checkpoint ``step`` under ``directory`` atomically; prune to ``keep``."""
+def save_checkpoint(
+    directory: str | Path, step: int, state: dict[str, Any], keep: int = KEEP
+) -> Path:
+    """Write ``state`` as checkpoint ``step`` under ``directory`` atomically; prune to ``keep``.
+
+    A write that fails (a full disk) is a one-line error that leaves the previous checkpoints as
+    they were; staging directories of writers that were killed are removed first.
+    """
     directory = Path(directory)
-    directory.mkdir(parents=True, exist_ok=True)
-    final = directory / f"{PREFIX}{step:08d}"
-    staging = Path(tempfile.mkdtemp(prefix=".tmp-", dir=directory))
     try:
-        with open(staging / STATE, "wb") as file:
+        directory.mkdir(parents=True, exist_ok=True)
+        for stale in directory.glob(f"{STAGING}*"):
+            shutil.rmtree(stale, ignore_errors=True)
+        final = _write(directory, step, state)
+    except OSError as error:
+        raise UserError(
+            f"cannot write checkpoint {step} in {directory} ({error.strerror or error}); the "
+            "previous checkpoints are kept: free some space, then resume the run"
+        ) from None
+    for old in checkpoints(directory)[:-keep]:
+        shutil.rmtree(old, ignore_errors=True)
+    return final
+
+
+def _write(directory: Path, step: int, state: dict[str, Any]) -> Path:
+    """Stage ``state`` and its manifest in a temporary directory, fsync, rename into place."""
+    final = directory / f"{PREFIX}{step:08d}"
+    staging = Path(tempfile.mkdtemp(prefix=STAGING, dir=directory))
+    try:
+        with open(staging / STATE, "wb", buffering=0) as file:  # a full disk raises OSError
             torch.save(state, file)
             file.flush()
             os.fsync(file.fileno())
@@ -63,15 +91,23 @@ def save_checkpoint(directory: str | Path, step: int, state: dict[str, Any], kee
             json.dump(manifest, file)
             file.flush()
             os.fsync(file.fileno())
-        if final.exists():
-            shutil.rmtree(final)
+        if final.exists():  # the same step again (resumed at it): move the old copy aside first
+            os.replace(final, staging.with_name(f"{staging.name}-replaced"))
         os.replace(staging, final)
         _fsync_dir(directory)
     finally:
-        shutil.rmtree(staging, ignore_errors=True)
-    for old in checkpoints(directory)[:-keep]:
-        shutil.rmtree(old, ignore_errors=True)
+        for leftover in (staging, staging.with_name(f"{staging.name}-replaced")):
+            shutil.rmtree(leftover, ignore_errors=True)
     return final
+
+
+def space_needed(directory: Path, modules: Iterable[nn.Module]) -> int:
+    """Bytes of disk the checkpoints of ``modules`` still need in ``directory``: ``KEEP`` and one
+    being written, less those already there, each holding the modules' tensors and up to
+    ``OPTIMIZER_BUFFERS`` per parameter."""
+    tensors = sum(t.numel() * t.element_size() for m in modules for t in m.state_dict().values())
+    copies = max(1, KEEP + 1 - len(checkpoints(directory)))
+    return copies * (1 + OPTIMIZER_BUFFERS) * tensors
 
 
 def checkpoints(directory: str | Path) -> list[Path]:
@@ -86,8 +122,10 @@ def verify(checkpoint: Path) -> str | None:
     """None if ``checkpoint`` is complete and its checksum matches, else what is wrong."""
     try:
         manifest = json.loads((checkpoint / MANIFEST).read_text())
-    except (OSError, json.JSONDecodeError):
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
         return "its manifest is missing or unreadable"
+    if not isinstance(manifest, dict):
+        return "its manifest is not a checkpoint manifest"
     state = checkpoint / STATE
     if not state.is_file():
         return f"{STATE} is missing"
@@ -102,16 +140,22 @@ def load_state(path: str | Path, map_location: str | torch.device = "cpu") -> di
     """``torch.load`` a state file safely: tensors and plain values only, never arbitrary objects."""
     path = Path(path)
     try:
-        return torch.load(path, map_location=map_location, weights_only=True)
+        state = torch.load(path, map_location=map_location, weights_only=True)
     except pickle.UnpicklingError as error:
+        refused = re.search(r"GLOBAL (\S+)", str(error))
+        if refused is None:  # the restricted unpickler also rejects damaged opcodes
+            raise UserError(f"{path} cannot be read: it is corrupt") from None
         raise UserError(
-            f"{path} holds pickled objects other than tensors and plain values and was refused "
-            f"(nothing in it was run): {str(error).splitlines()[0]}"
+            f"{path} refers to {refused.group(1)!r}, not a tensor or a plain value, and was refused "
+            "(nothing in it was run); load only checkpoints that simclrv2 wrote"
         ) from None
-    except (RuntimeError, EOFError, OSError) as error:
+    except Exception as error:  # a damaged file raises almost any type; all mean "unreadable"
         raise UserError(
-            f"{path} cannot be read ({str(error).splitlines()[0]}); it is corrupt or truncated"
+            f"{path} cannot be read ({first_line(error)}); it is corrupt or truncated"
         ) from None
+    if not isinstance(state, dict):
+        raise UserError(f"{path} holds a {type(state).__name__}, not a checkpoint's state")
+    return state
 
 
 def load_latest(

@@ -8,6 +8,7 @@ status 2; SIGTERM/SIGINT end a training command with a checkpoint, a resume hint
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import sys
 from collections.abc import Sequence
@@ -52,23 +53,23 @@ def _config(args: argparse.Namespace):
     return load_config(args.preset, args.config, overrides)
 
 
-def _start(args: argparse.Namespace, command: str):
-    """(config, run directory, runtime) with the run's files written and logging set up."""
+def _start(args: argparse.Namespace, config, command: str):
+    """(run directory, runtime) with the run's files written and logging set up. Called once every
+    input is checked; a new run that still fails before its first checkpoint is removed again."""
     from simclrv2 import distributed
     from simclrv2.metrics import setup_logging
-    from simclrv2.rundir import check_writable, new_run_dir, write_run_files
+    from simclrv2.rundir import check_writable, new_run
     from simclrv2.runtime import resolve_runtime
 
-    config = _config(args)
+    runtime = resolve_runtime(config.runtime)
     if args.resume:
         directory = Path(args.resume)
         check_writable(directory)
     else:
-        directory = new_run_dir(command, config, args.out)
-        write_run_files(directory, config)
+        directory = args.cleanup.enter_context(new_run(command, config, args.out))
     args.run_directory = directory
     setup_logging(directory / "log.txt", enabled=distributed.rank() == 0)
-    return config, directory, resolve_runtime(config.runtime)
+    return directory, runtime
 
 
 def _datasets(config):
@@ -126,8 +127,10 @@ def _pipeline(args: argparse.Namespace) -> None:
     from simclrv2.pipeline import TABLE_COLUMNS, run_pipeline
     from simclrv2.tables import format_table
 
-    config, directory, runtime = _start(args, "pipeline")
-    rows = run_pipeline(config, directory, runtime)
+    config = _config(args)
+    train, test = _datasets(config)
+    directory, runtime = _start(args, config, "pipeline")
+    rows = run_pipeline(config, directory, runtime, train, test)
     print(format_table(rows, TABLE_COLUMNS))
     print(f"\nresults: {directory / 'results.json'}")
 
@@ -135,8 +138,9 @@ def _pipeline(args: argparse.Namespace) -> None:
 def _pretrain(args: argparse.Namespace) -> None:
     from simclrv2.stages.pretrain import pretrain
 
-    config, directory, runtime = _start(args, "pretrain")
+    config = _config(args)
     train, test = _datasets(config)
+    directory, runtime = _start(args, config, "pretrain")
     result = pretrain(config, directory, train, test, runtime)
     print(json.dumps(result.metrics, indent=2))
     print(f"model: {directory / 'model'}")
@@ -146,10 +150,11 @@ def _finetune(args: argparse.Namespace) -> None:
     from simclrv2.export import load_exported
     from simclrv2.stages.finetune import finetune
 
-    config, directory, runtime = _start(args, "finetune" if args.init else "supervised")
+    config = _config(args)
     train, test = _datasets(config)
     labelled = _labelled_subset(args.labels, train, config.finetune.label_seed)
     init = load_exported(args.init) if args.init else None
+    directory, runtime = _start(args, config, "finetune" if args.init else "supervised")
     result = finetune(config, directory, labelled, test, runtime, init)
     print(json.dumps({k: v for k, v in result.metrics.items() if k != "confusion"}, indent=2))
     print(f"model: {directory / 'model'}")
@@ -159,12 +164,13 @@ def _distill(args: argparse.Namespace) -> None:
     from simclrv2.export import load_exported
     from simclrv2.stages.distill import distill
 
-    config, directory, runtime = _start(args, "distill")
+    config = _config(args)
     train, test = _datasets(config)
     labelled = (
         _labelled_subset(args.labels, train, config.finetune.label_seed) if args.labels else None
     )
     teacher = load_exported(args.teacher).classifier_model()
+    directory, runtime = _start(args, config, "distill")
     result = distill(config, directory, train, labelled, test, runtime, teacher)
     print(json.dumps({k: v for k, v in result.metrics.items() if k != "confusion"}, indent=2))
     print(f"model: {directory / 'model'}")
@@ -386,7 +392,9 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
-        args.run(args)
+        with contextlib.ExitStack() as cleanup:
+            args.cleanup = cleanup
+            args.run(args)
     except UserError as error:
         print(f"simclrv2: error: {error}", file=sys.stderr)
         return 2

@@ -8,6 +8,14 @@ class UserError(Exception):
     """
 
 
+def first_line(error: BaseException) -> str:
+    """The first non-empty line of an exception's message (library messages run over several
+    lines), or its type's name if it has none: to quote inside a one-line :class:`UserError`."""
+    return next((line.strip() for line in str(error).splitlines() if line.strip()), "") or (
+        type(error).__name__
+    )
+
+
 class Interrupted(Exception):  # noqa: N818 (a request, not a failure)
     """SIGTERM/SIGINT arrived during training and a checkpoint was written; the CLI exits 0 and
     prints how to resume."""

@@ -14,11 +14,12 @@ from pathlib import Path
 
 from simclrv2 import distributed
 from simclrv2.config import Config
-from simclrv2.data import class_balanced_indices, save_indices
+from simclrv2.data import ImageDataset, class_balanced_indices, save_indices
 from simclrv2.export import ExportedModel, load_exported
 from simclrv2.metrics import LOG
+from simclrv2.rundir import write_atomically
 from simclrv2.runtime import Runtime
-from simclrv2.stages.common import load_split, read_results, write_results
+from simclrv2.stages.common import read_results, write_results
 from simclrv2.stages.distill import distill
 from simclrv2.stages.evaluate import linear_eval
 from simclrv2.stages.finetune import finetune
@@ -42,9 +43,11 @@ def percent(fraction: float) -> str:
     return f"{100 * fraction:g}%"
 
 
-def run_pipeline(config: Config, directory: Path, runtime: Runtime) -> list[dict]:
-    """Run (or resume) every stage under ``directory``; returns the rows of the results table."""
-    train, test = load_split(config.data, "train"), load_split(config.data, config.data.test_split)
+def run_pipeline(
+    config: Config, directory: Path, runtime: Runtime, train: ImageDataset, test: ImageDataset
+) -> list[dict]:
+    """Run (or resume) every stage under ``directory`` on the ``train`` and ``test`` splits of
+    ``config.data``; returns the rows of the results table."""
     LOG.info(
         "data: %d training images (%d classes), %d test images",
         len(train),
@@ -107,9 +110,9 @@ def run_pipeline(config: Config, directory: Path, runtime: Runtime) -> list[dict
             {"method": f"distilled into {dist['student']}", "labels": name, **_scores(dist)},
         ]
     if distributed.rank() == 0:
-        (directory / "results.json").write_text(json.dumps(rows, indent=2) + "\n")
-        (directory / "results.md").write_text(
-            format_table(rows, TABLE_COLUMNS, markdown=True) + "\n"
+        write_atomically(directory / "results.json", json.dumps(rows, indent=2) + "\n")
+        write_atomically(
+            directory / "results.md", format_table(rows, TABLE_COLUMNS, markdown=True) + "\n"
         )
     return rows
 

@@ -1,28 +1,42 @@
 """A run directory: the resolved ``config.yaml``, ``environment.json`` (code version, hardware) and
-one folder per stage, so that a run records itself and ``--resume DIR`` continues it."""
+one folder per stage, so that a run records itself and ``--resume DIR`` continues it.
+
+The directory is checked (writable, free space) before any training, and its files are written
+atomically, so a run killed at any moment can be resumed from what it holds.
+"""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import platform
+import shutil
 import subprocess
+import tempfile
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import torch
 import yaml
 
 from simclrv2 import __version__, distributed
+from simclrv2.checkpoint import PREFIX
 from simclrv2.config import Config, config_from_dict
 from simclrv2.errors import UserError
 
 CONFIG, ENVIRONMENT = "config.yaml", "environment.json"
+MIN_FREE_BYTES = 50 << 20  # the logs, metrics and a small model's checkpoints
 
 
-def new_run_dir(command: str, config: Config, out: str | None) -> Path:
-    """``out`` if given, else ``runs/<command>-<preset>-<timestamp>``; must be writable and not a
-    finished run's directory. Checked before any training starts."""
+@contextlib.contextmanager
+def new_run(command: str, config: Config, out: str | None) -> Iterator[Path]:
+    """The directory of a new run, holding its files: ``out`` if given, else
+    ``runs/<command>-<preset>-<timestamp>``; refused if it holds another run, is not writable or
+    its disk is full. If the body fails with a :class:`UserError` before any checkpoint exists,
+    what the run added is removed again: a run that never started training leaves nothing behind,
+    and the same ``--out`` can be given again."""
     directory = (
         Path(out)
         if out
@@ -32,42 +46,97 @@ def new_run_dir(command: str, config: Config, out: str | None) -> Path:
         raise UserError(
             f"{directory} already holds a run; continue it with --resume {directory} or choose another --out"
         )
+    made = [p for p in (directory, *directory.parents) if not p.exists()]  # deepest first
+    before = {p.name for p in directory.iterdir()} if directory.is_dir() else set()
     check_writable(directory)
-    return directory
+    try:
+        write_run_files(directory, config)
+        yield directory
+    except UserError:
+        if not any(directory.rglob(f"{PREFIX}*")):
+            for entry in directory.iterdir():
+                if entry.name in before:
+                    continue
+                if entry.is_dir():
+                    shutil.rmtree(entry)
+                else:
+                    entry.unlink()
+            _remove_empty(made)
+        raise
 
 
-def check_writable(directory: Path, needed_bytes: int = 50 << 20) -> None:
-    """Fail now, not after an hour of training, if ``directory`` cannot be written or the disk is full."""
+def check_writable(directory: Path, needed_bytes: int = MIN_FREE_BYTES) -> None:
+    """Fail now, not after an hour of training, if ``directory`` cannot be created and written or
+    its disk has less than ``needed_bytes`` free. On failure, directories it created are removed."""
+    created = [p for p in (directory, *directory.parents) if not p.exists()]  # deepest first
+    try:
+        _probe(directory, needed_bytes)
+    except UserError:
+        _remove_empty(created)
+        raise
+
+
+def _probe(directory: Path, needed_bytes: int) -> None:
+    if directory.exists() and not directory.is_dir():
+        raise UserError(f"{directory} is a file; the run needs a directory there")
     try:
         directory.mkdir(parents=True, exist_ok=True)
-        probe = directory / ".write-test"
-        probe.write_bytes(b"ok")
-        probe.unlink()
+        with tempfile.NamedTemporaryFile(dir=directory, prefix=".write-test-"):
+            pass
+        disk = os.statvfs(directory)
     except OSError as error:
         raise UserError(
-            f"cannot write to {directory} ({error.strerror}); choose a writable --out"
+            f"cannot write to {directory} ({error.strerror or error}); choose a writable directory"
         ) from None
-    free = os.statvfs(directory).f_bavail * os.statvfs(directory).f_frsize
+    free = disk.f_bavail * disk.f_frsize
     if free < needed_bytes:
         raise UserError(
-            f"only {free >> 20} MiB free on the disk of {directory}; free some space or choose another --out"
+            f"only {free >> 20} MiB free on the disk of {directory}, {-(-needed_bytes >> 20)} MiB "
+            "needed; free some space or choose a directory on another disk"
         )
+
+
+def _remove_empty(directories: list[Path]) -> None:
+    for path in directories:
+        with contextlib.suppress(OSError):
+            path.rmdir()
+
+
+def write_atomically(path: Path, text: str) -> None:
+    """Replace ``path`` with ``text`` in one step: a killed process leaves the old file or the new
+    one, never half of it."""
+    staging = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        with open(staging, "w") as file:
+            file.write(text)
+            file.flush()
+            os.fsync(file.fileno())
+        os.replace(staging, path)
+    finally:
+        staging.unlink(missing_ok=True)
 
 
 def write_run_files(directory: Path, config: Config) -> None:
     if distributed.rank() != 0:
         return
-    (directory / CONFIG).write_text(config.to_yaml())
-    (directory / ENVIRONMENT).write_text(json.dumps(environment(), indent=2) + "\n")
+    write_atomically(directory / CONFIG, config.to_yaml())
+    write_atomically(directory / ENVIRONMENT, json.dumps(environment(), indent=2) + "\n")
 
 
 def load_run_config(directory: Path) -> Config:
+    """The resolved config a run was started with."""
     path = Path(directory) / CONFIG
     if not path.is_file():
         raise UserError(
             f"{directory} is not a run directory (no {CONFIG}); give the directory a run was started in"
         )
-    return config_from_dict(yaml.safe_load(path.read_text()))
+    try:
+        mapping = yaml.safe_load(path.read_text())
+    except (OSError, UnicodeDecodeError, yaml.YAMLError):
+        mapping = None
+    if not isinstance(mapping, dict):
+        raise UserError(f"{path} is not a saved config (unreadable or damaged); start a new run")
+    return config_from_dict(mapping)
 
 
 def environment() -> dict:

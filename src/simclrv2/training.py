@@ -22,11 +22,12 @@ import torch
 from torch import Tensor, nn
 
 from simclrv2 import distributed
-from simclrv2.checkpoint import load_latest, save_checkpoint
+from simclrv2.checkpoint import checkpoints, load_latest, save_checkpoint, space_needed
 from simclrv2.data import ImageDataset, batches_per_epoch, epoch_batches
-from simclrv2.errors import Interrupted, UserError
+from simclrv2.errors import Interrupted, UserError, first_line
 from simclrv2.metrics import LOG, MetricsWriter, progress_bar
 from simclrv2.optim import WarmupCosine, set_learning_rate
+from simclrv2.rundir import check_writable
 from simclrv2.runtime import Runtime
 
 StepFn = Callable[[Tensor, Tensor, torch.Generator], dict[str, Tensor]]
@@ -97,6 +98,26 @@ def _restore_rng(state: dict[str, Tensor], generator: torch.Generator) -> None:
         torch.cuda.set_rng_state(state["cuda"])
 
 
+def _first_non_finite(modules: dict[str, nn.Module]) -> str | None:
+    """The name of the first parameter or buffer holding a NaN or an infinity, if any."""
+    for name, module in modules.items():
+        for key, tensor in module.state_dict().items():
+            if tensor.is_floating_point() and not torch.isfinite(tensor).all():
+                return f"{name}.{key}"
+    return None
+
+
+def _diverged(stage: Stage, what: str, step: int, lr: float, batch_size: int) -> UserError:
+    """The error that stops a diverged run: what went non-finite, the step, the likely cause and the
+    checkpoint kept."""
+    kept = checkpoints(stage.checkpoints)
+    last = f"the last good checkpoint, {kept[-1].name}, is kept" if kept else "no checkpoint yet"
+    return UserError(
+        f"{stage.name}: {what} at step {step} (lr {lr:.3g}); the learning rate is likely too high "
+        f"for batch size {batch_size}: lower {stage.name}.base_lr ({last} in {stage.checkpoints})"
+    )
+
+
 def fit(
     stage: Stage,
     step_fn: StepFn,
@@ -118,11 +139,18 @@ def fit(
     position = Position()
     saved = load_latest(stage.checkpoints, map_location=runtime.device)
     if saved is not None:
-        for name, module in modules.items():
-            module.load_state_dict(saved["modules"][name])
-        optimizer.load_state_dict(saved["optimizer"])
-        _restore_rng(saved["rng"], generator)
-        position = Position(**saved["position"])
+        try:
+            for name, module in modules.items():
+                module.load_state_dict(saved["modules"][name])
+            optimizer.load_state_dict(saved["optimizer"])
+            _restore_rng(saved["rng"], generator)
+            position = Position(**saved["position"])
+        except (KeyError, TypeError, ValueError, RuntimeError) as error:
+            raise UserError(
+                f"{stage.checkpoints}: the newest checkpoint does not fit this {stage.name} model "
+                f"({type(error).__name__}: {first_line(error)}); it was written by another "
+                "configuration"
+            ) from None
         LOG.info(
             "%s: resumed at epoch %d, batch %d, step %d",
             stage.name,
@@ -132,6 +160,10 @@ def fit(
         )
 
     def checkpoint() -> None:
+        broken = _first_non_finite(modules)
+        if broken is not None:  # never replace the last good checkpoint with these weights
+            lr = schedule(max(position.step - 1, 0))
+            raise _diverged(stage, f"{broken} became non-finite", position.step, lr, batch_size)
         if is_main:
             state = {
                 "modules": {name: module.state_dict() for name, module in modules.items()},
@@ -150,7 +182,9 @@ def fit(
         module.train()
     bar = progress_bar(epochs * steps_per_epoch, position.step, stage.name, enabled=is_main)
     images_per_step = batch_size
-    with _StopSignal() as stop:
+    if is_main:  # a full disk is reported now, not at the first checkpoint
+        check_writable(stage.checkpoints, space_needed(stage.checkpoints, modules.values()))
+    with bar, _StopSignal() as stop:  # the bar is closed however training ends
         while position.epoch < epochs:
             batches = epoch_batches(
                 data, batch_size, seed=seed, epoch=position.epoch, start_batch=position.batch,
@@ -164,10 +198,8 @@ def fit(
                     values = step_fn(images, labels, generator)
                 loss = values["loss"]
                 if not torch.isfinite(loss.detach()):
-                    raise UserError(
-                        f"{stage.name}: the loss became {loss.item()} at step {position.step} (lr {lr:.3g}); "
-                        f"the learning rate is likely too high for batch size {batch_size}: lower "
-                        f"{stage.name}.base_lr. The last good checkpoint is kept in {stage.checkpoints}"
+                    raise _diverged(
+                        stage, f"the loss became {loss.item()}", position.step + 1, lr, batch_size
                     )
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()
@@ -192,9 +224,12 @@ def fit(
                 bar.update(1)
                 if stop.requested:
                     checkpoint()
-                    bar.close()
                     raise Interrupted(stage.directory, position.step)
-                if checkpoint_every and position.step % checkpoint_every == 0:
+                if (
+                    checkpoint_every
+                    and position.step % checkpoint_every == 0
+                    and position.batch < steps_per_epoch  # the epoch's end writes one below
+                ):
                     checkpoint()
             position.epoch += 1
             position.batch = 0
@@ -209,5 +244,4 @@ def fit(
                         ", ".join(f"{k} {v:.4g}" for k, v in epoch_values.items()),
                     )  # fmt: skip
             checkpoint()
-    bar.close()
     return position

@@ -17,6 +17,7 @@ from simclrv2.evaluation import extract, topk_accuracy
 from simclrv2.metrics import MetricsWriter
 from simclrv2.models import ResNet, build_encoder
 from simclrv2.optim import WarmupCosine, build_optimizer, scaled_learning_rate
+from simclrv2.rundir import write_atomically
 from simclrv2.runtime import Runtime
 from simclrv2.training import Stage
 
@@ -86,7 +87,7 @@ def classifier_accuracy(
 
 def write_results(directory: Path, results: dict) -> None:
     if distributed.rank() == 0:
-        (directory / RESULTS).write_text(json.dumps(results, indent=2) + "\n")
+        write_atomically(directory / RESULTS, json.dumps(results, indent=2) + "\n")
 
 
 def read_results(directory: Path) -> dict | None:
