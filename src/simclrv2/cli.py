@@ -42,7 +42,7 @@ def _config(args: argparse.Namespace):
     from simclrv2.rundir import load_run_config
 
     if getattr(args, "resume", None):
-        if args.overrides or args.config or args.data:
+        if args.overrides or args.config or args.data or getattr(args, "chunk_size", None):
             raise UserError(
                 "--resume continues a run with its saved config; drop the other options and overrides"
             )
@@ -50,26 +50,48 @@ def _config(args: argparse.Namespace):
     overrides = list(args.overrides)
     if args.data is not None:
         overrides.insert(0, f"data.source={args.data}")
+    if getattr(args, "chunk_size", None) is not None:
+        overrides.insert(0, f"pretrain.chunk_size={args.chunk_size}")
     return load_config(args.preset, args.config, overrides)
 
 
 def _start(args: argparse.Namespace, config, command: str):
     """(run directory, runtime) with the run's files written and logging set up. Called once every
-    input is checked; a new run that still fails before its first checkpoint is removed again."""
+    input is checked; a new run that still fails before its first checkpoint is removed again.
+    Under torchrun, this process joins the process group and takes rank 0's new run directory."""
     from simclrv2 import distributed
     from simclrv2.metrics import setup_logging
-    from simclrv2.rundir import check_writable, new_run
+    from simclrv2.rundir import check_writable
     from simclrv2.runtime import resolve_runtime
 
     runtime = resolve_runtime(config.runtime)
+    distributed.init_from_environment(runtime.device)
     if args.resume:
         directory = Path(args.resume)
         check_writable(directory)
     else:
-        directory = args.cleanup.enter_context(new_run(command, config, args.out))
+        directory = _new_run(args, config, command)
     args.run_directory = directory
     setup_logging(directory / "log.txt", enabled=distributed.rank() == 0)
     return directory, runtime
+
+
+def _new_run(args: argparse.Namespace, config, command: str) -> Path:
+    """Rank 0 creates the new run's directory (its name holds the time) and gives it, or the
+    error that refused it, to every process."""
+    from simclrv2 import distributed
+    from simclrv2.rundir import new_run
+
+    outcome: Path | UserError | None = None
+    if distributed.rank() == 0:
+        try:
+            outcome = args.cleanup.enter_context(new_run(command, config, args.out))
+        except UserError as error:
+            outcome = error
+    outcome = distributed.broadcast_object(outcome)
+    if isinstance(outcome, UserError):
+        raise outcome
+    return outcome
 
 
 def _datasets(config):
@@ -264,6 +286,16 @@ def _add_config_options(parser: argparse.ArgumentParser, runs: bool = True) -> N
     )
 
 
+def _add_chunk_size(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--chunk-size",
+        type=_int_at_least(1),
+        metavar="K",
+        help="pretrain K views at a time with gradient caching: a large batch in little memory "
+        "(same as pretrain.chunk_size=K; K divides the images per process)",
+    )
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="simclrv2",
@@ -276,12 +308,14 @@ def build_parser() -> argparse.ArgumentParser:
         help="pretrain, fine-tune (1%% and 10%%), supervised baseline, distil: one table",
     )
     _add_config_options(pipeline)
+    _add_chunk_size(pipeline)
     pipeline.set_defaults(run=_pipeline)
 
     pretrain = commands.add_parser(
         "pretrain", help="SimCLR pretraining without labels (kNN and online linear monitors)"
     )
     _add_config_options(pretrain)
+    _add_chunk_size(pretrain)
     pretrain.set_defaults(run=_pretrain)
 
     finetune = commands.add_parser(
@@ -390,6 +424,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    from simclrv2 import distributed
+
     args = build_parser().parse_args(argv)
     try:
         with contextlib.ExitStack() as cleanup:
@@ -402,4 +438,6 @@ def main(argv: Sequence[str] | None = None) -> int:
         command = f"simclrv2 {args.command} --resume {args.run_directory}"
         print(f"simclrv2: {stop}; resume with: {command}", file=sys.stderr)
         return 0
+    finally:
+        distributed.shutdown()  # the process group of a torchrun launch, if any
     return 0

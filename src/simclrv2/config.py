@@ -91,6 +91,10 @@ class PretrainConfig(OptimConfig):
     knn_temperature: float = 0.1
     knn_every: int = 1  # epochs between kNN evaluations; 0 = only at the end
     checkpoint_every: int = 200  # optimiser steps between checkpoints (and at every epoch end)
+    global_bn: bool = True  # BatchNorm statistics over all processes (SimCLR's global BN)
+    chunk_size: int = 0  # views per forward pass with gradient caching; 0 = the whole batch at once
+    memory_size: int = 0  # SimCLRv2's queue of past embeddings as negatives: 65,536 in v2; 0 = off
+    memory_momentum: float = 0.999  # decay of the EMA network that fills the queue (SimCLRv2)
 
 
 @dataclass
@@ -419,6 +423,8 @@ def validate(config: Config) -> Config:
         if value <= 0:
             raise UserError(f"{key} must be positive, got {value}")
     for key, value in {
+        "pretrain.chunk_size": config.pretrain.chunk_size,
+        "pretrain.memory_size": config.pretrain.memory_size,
         "pretrain.base_lr": config.pretrain.base_lr,
         "finetune.base_lr": config.finetune.base_lr,
     }.items():
@@ -429,6 +435,10 @@ def validate(config: Config) -> Config:
             raise UserError(
                 f"finetune.label_fractions holds {fraction}; each must be in (0, 1], e.g. 0.01 for 1%"
             )
+    if not 0 <= config.pretrain.memory_momentum < 1:
+        raise UserError(
+            f"pretrain.memory_momentum must be in [0, 1), got {config.pretrain.memory_momentum}"
+        )
     if not 0 <= config.distill.alpha <= 1:
         raise UserError(f"distill.alpha must be in [0, 1], got {config.distill.alpha}")
     if not 0 < config.augment.crop_min_area <= 1:

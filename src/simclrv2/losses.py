@@ -7,6 +7,11 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from simclrv2 import distributed
+from simclrv2.losses_tiled import tiled_contrastive_loss
+
+TILED_ABOVE = (
+    1 << 24
+)  # logits (2n x (2N + K)) above which the tiled loss is used: measured, see README
 
 
 def nt_xent(z1: Tensor, z2: Tensor, temperature: float, negatives: Tensor | None = None) -> Tensor:
@@ -20,26 +25,31 @@ def nt_xent(z1: Tensor, z2: Tensor, temperature: float, negatives: Tensor | None
     Reduction: the MEAN over this process's 2n views of -log softmax at the positive, i.e. the
     paper's mean over all 2N views once gradients are averaged across processes. The authors' code
     sums the two directions and averages over images, which is exactly 2x this value.
-    """
-    dtype = torch.promote_types(z1.dtype, torch.float32)  # the loss in fp32 even under autocast
-    z1, z2 = F.normalize(z1.to(dtype), dim=1), F.normalize(z2.to(dtype), dim=1)  # (n, d) each
-    n = z1.shape[0]
-    keys = torch.cat(
-        [distributed.gather_with_grad(z1), distributed.gather_with_grad(z2)]
-    )  # (2N, d)
-    big_n = keys.shape[0] // 2
-    queries = torch.cat([z1, z2])  # (2n, d)
-    logits = queries @ keys.T / temperature  # (2n, 2N)
 
-    own = torch.arange(n, device=z1.device) + distributed.rank() * n  # global index of each image
-    self_cols = torch.cat([own, own + big_n])
-    positive_cols = torch.cat([own + big_n, own])
-    rows = torch.arange(2 * n, device=z1.device)
-    logits = logits.index_put((rows, self_cols), logits.new_tensor(float("-inf")))  # no self-pairs
-    if negatives is not None:
-        extra = F.normalize(negatives.to(dtype), dim=1)  # (K, d)
-        logits = torch.cat([logits, queries @ extra.T / temperature], dim=1)  # (2n, 2N + K)
-    return F.cross_entropy(logits, positive_cols)
+    Computed in fp32 (also under autocast). Above :data:`TILED_ABOVE` logits, in row/column tiles
+    that never hold the (2n, 2N + K) similarity matrix (:mod:`simclrv2.losses_tiled`).
+    """
+    with torch.autocast(z1.device.type, enabled=False):
+        dtype = torch.promote_types(z1.dtype, torch.float32)
+        z1, z2 = F.normalize(z1.to(dtype), dim=1), F.normalize(z2.to(dtype), dim=1)  # (n, d) each
+        n = z1.shape[0]
+        keys = [distributed.gather_with_grad(z1), distributed.gather_with_grad(z2)]  # (N, d) each
+        big_n = keys[0].shape[0]
+        if negatives is not None:
+            keys.append(F.normalize(negatives.to(dtype), dim=1))  # (K, d)
+        keys = torch.cat(keys)  # (2N + K, d)
+        queries = torch.cat([z1, z2])  # (2n, d)
+        own = (
+            torch.arange(n, device=z1.device) + distributed.rank() * n
+        )  # global index of each image
+        excluded = torch.cat([own, own + big_n])  # each view's own column: no self-pairs
+        positives = torch.cat([own + big_n, own])
+        if queries.shape[0] * keys.shape[0] > TILED_ABOVE:
+            return tiled_contrastive_loss(queries, keys, positives, excluded, temperature)
+        logits = queries @ keys.T / temperature  # (2n, 2N + K)
+        rows = torch.arange(2 * n, device=z1.device)
+        logits = logits.index_put((rows, excluded), logits.new_tensor(float("-inf")))
+        return F.cross_entropy(logits, positives)
 
 
 def distillation_loss(

@@ -158,6 +158,8 @@ def fit(
             position.batch,
             position.step,
         )
+    distributed.broadcast_state(modules.values())  # every process starts from rank 0's state
+    parameters = [p for group in optimizer.param_groups for p in group["params"]]
 
     def checkpoint() -> None:
         broken = _first_non_finite(modules)
@@ -197,18 +199,20 @@ def fit(
                 with runtime.autocast():
                     values = step_fn(images, labels, generator)
                 loss = values["loss"]
-                if not torch.isfinite(loss.detach()):
+                if distributed.any_process(not torch.isfinite(loss.detach())):
                     raise _diverged(
                         stage, f"the loss became {loss.item()}", position.step + 1, lr, batch_size
                     )
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()
+                distributed.average_gradients(parameters)
                 optimizer.step()
                 position.step += 1
                 position.batch += 1
                 rate = images_per_step / (time.perf_counter() - started)
                 if position.step % LOG_EVERY == 0 or position.batch == steps_per_epoch:
-                    scalars = {k: v.item() for k, v in values.items()} | {
+                    averaged = distributed.mean_over_processes(values)  # the global batch's
+                    scalars = {k: v.item() for k, v in averaged.items()} | {
                         "lr": lr,
                         "images_per_s": rate,
                     }
@@ -222,7 +226,7 @@ def fit(
                         refresh=False,
                     )
                 bar.update(1)
-                if stop.requested:
+                if distributed.any_process(stop.requested):  # all processes stop at one step
                     checkpoint()
                     raise Interrupted(stage.directory, position.step)
                 if (

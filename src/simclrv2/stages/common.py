@@ -14,6 +14,7 @@ from simclrv2.augment import SimCLRAugment
 from simclrv2.config import AugmentConfig, DataConfig, ModelConfig, OptimizerConfig
 from simclrv2.data import ImageDataset, batches_per_epoch, load_dataset
 from simclrv2.evaluation import extract, topk_accuracy
+from simclrv2.export import ExportedModel, save_exported
 from simclrv2.metrics import MetricsWriter
 from simclrv2.models import ResNet, build_encoder
 from simclrv2.optim import WarmupCosine, build_optimizer, scaled_learning_rate
@@ -86,8 +87,17 @@ def classifier_accuracy(
 
 
 def write_results(directory: Path, results: dict) -> None:
+    """Rank 0 writes ``results.json``; every process returns once it is there."""
     if distributed.rank() == 0:
         write_atomically(directory / RESULTS, json.dumps(results, indent=2) + "\n")
+    distributed.barrier()
+
+
+def export(model: ExportedModel, directory: Path) -> None:
+    """Rank 0 writes the stage's exported model; every process returns once it is complete."""
+    if distributed.rank() == 0:
+        save_exported(model, directory, overwrite=True)
+    distributed.barrier()
 
 
 def read_results(directory: Path) -> dict | None:

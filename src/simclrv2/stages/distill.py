@@ -20,7 +20,7 @@ from torch import Tensor, nn
 from simclrv2.augment import crop_flip
 from simclrv2.config import Config
 from simclrv2.data import ImageDataset
-from simclrv2.export import ExportedModel, save_exported
+from simclrv2.export import ExportedModel
 from simclrv2.losses import distillation_loss
 from simclrv2.metrics import LOG
 from simclrv2.models import Classifier, LinearClassifier, arch_name
@@ -28,6 +28,7 @@ from simclrv2.runtime import Runtime
 from simclrv2.stages.common import (
     build_stage_encoder,
     classifier_accuracy,
+    export,
     open_stage,
     optimizer_and_schedule,
     train_image_size,
@@ -92,7 +93,7 @@ def distill(
     exported = ExportedModel(
         encoder, None, student.linear, 0, info={"stage": "distill", "student": arch}
     )
-    save_exported(exported, directory / "model", overwrite=True)
+    export(exported, directory / "model")
     write_results(directory, metrics)
     LOG.info("distill (%s student): top-1 %.2f%%", arch, metrics["top1"])
     return ClassifierResult(student, exported, metrics)

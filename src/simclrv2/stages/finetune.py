@@ -20,13 +20,14 @@ from torch import Tensor, nn
 from simclrv2.augment import crop_flip
 from simclrv2.config import Config
 from simclrv2.data import ImageDataset
-from simclrv2.export import ExportedModel, save_exported
+from simclrv2.export import ExportedModel
 from simclrv2.metrics import LOG
 from simclrv2.models import Classifier, LinearClassifier
 from simclrv2.runtime import Runtime
 from simclrv2.stages.common import (
     build_stage_encoder,
     classifier_accuracy,
+    export,
     open_stage,
     optimizer_and_schedule,
     train_image_size,
@@ -103,7 +104,7 @@ def finetune(
         selector,
         info={"stage": name, "labels": len(labelled)},
     )
-    save_exported(exported, directory / "model", overwrite=True)
+    export(exported, directory / "model")
     write_results(directory, metrics)
     LOG.info("%s on %d labels: top-1 %.2f%%", name, len(labelled), metrics["top1"])
     return ClassifierResult(model, exported, metrics)

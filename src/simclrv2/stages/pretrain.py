@@ -5,28 +5,38 @@ projection head z for all 2N views in one pass (so BatchNorm sees both views, as
 and NT-Xent on z with negatives from the global batch. When labels exist, a linear classifier on
 stop-gradient h is trained alongside (it cannot change the encoder) and a weighted kNN monitor on
 the test split is logged, both at epoch ends.
+
+Over several processes BatchNorm is global (``pretrain.global_bn``). ``pretrain.chunk_size`` runs
+the network in chunks with gradient caching (:mod:`simclrv2.gradcache`, where the BatchNorm rule is);
+``pretrain.memory_size`` adds SimCLRv2's queue of EMA embeddings as negatives (:mod:`simclrv2.memory`).
 """
 
 from __future__ import annotations
 
 import time
+from contextlib import nullcontext
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from simclrv2 import distributed
 from simclrv2.config import Config
 from simclrv2.data import ImageDataset
 from simclrv2.evaluation import extract, knn_accuracy, topk_accuracy
-from simclrv2.export import ExportedModel, save_exported
+from simclrv2.export import ExportedModel
+from simclrv2.gradcache import check_chunk_size, chunked_forward
 from simclrv2.losses import nt_xent
+from simclrv2.memory import EmbeddingQueue, MovingAverage
 from simclrv2.metrics import LOG
 from simclrv2.models import ContrastiveModel, LinearClassifier, ProjectionHead
 from simclrv2.runtime import Runtime
 from simclrv2.stages.common import (
     build_stage_encoder,
+    export,
     open_stage,
     optimizer_and_schedule,
     pretrain_augment,
@@ -82,12 +92,28 @@ def pretrain(
         classifiers=(online,) if online else (),
     )
     augment = pretrain_augment(config.augment, size)
+    chunk = settings.chunk_size
+    check_chunk_size(chunk, settings.batch_size // distributed.world_size())
+    encode = partial(chunked_forward, model, chunk_size=chunk) if chunk else model
+    queue, ema = None, None
+    if settings.memory_size:
+        queue = runtime.module(EmbeddingQueue(settings.memory_size, config.model.proj_dim))
+        ema = MovingAverage(model, settings.memory_momentum)
+
+    def remember(first_views: Tensor) -> None:
+        """Push the EMA network's z of this step's first views, gathered from every process."""
+        ema.update(model)
+        parts = runtime.images(first_views).split(chunk or len(first_views))
+        queue.push(distributed.gather_with_grad(torch.cat([ema(part)[1] for part in parts])))
 
     def step(images: Tensor, labels: Tensor, generator: torch.Generator) -> dict[str, Tensor]:
         views = torch.cat([augment(images, generator), augment(images, generator)])  # (2n, C, S, S)
-        h, z = model(runtime.images(views))
+        h, z = encode(runtime.images(views))
         z1, z2 = z.chunk(2)  # (n, d) each
-        contrastive = nt_xent(z1, z2, settings.temperature)
+        negatives = queue.negatives() if queue is not None else None  # (K, d), from past steps
+        contrastive = nt_xent(z1, z2, settings.temperature, negatives)
+        if queue is not None:
+            remember(views[: len(images)])
         values = {"loss": contrastive, "contrastive_loss": contrastive.detach()}
         if online is not None:
             targets = labels.repeat(2)  # both views, as the reference
@@ -115,11 +141,15 @@ def pretrain(
         every = settings.knn_every
         return monitor(epoch) if every and epoch % every == 0 and epoch < settings.epochs else {}
 
-    position = fit(
-        stage, step, dict(trained.items()), optimizer, schedule, train, batch_size=settings.batch_size,
-        epochs=settings.epochs, seed=config.runtime.seed, end_of_epoch=monitor_during,
-        checkpoint_every=settings.checkpoint_every,
-    )  # fmt: skip
+    saved = dict(trained.items())  # what checkpoints hold
+    if queue is not None:
+        saved["memory"] = nn.ModuleDict({"queue": queue, "ema": ema})
+    with distributed.global_batchnorm(model) if settings.global_bn else nullcontext():
+        position = fit(
+            stage, step, saved, optimizer, schedule, train, batch_size=settings.batch_size,
+            epochs=settings.epochs, seed=config.runtime.seed, end_of_epoch=monitor_during,
+            checkpoint_every=settings.checkpoint_every,
+        )  # fmt: skip
     metrics = monitor(settings.epochs)
     metrics["seconds"] = (
         time.perf_counter() - started
@@ -132,7 +162,7 @@ def pretrain(
         selector=0,
         info={"stage": "pretrain", "preset": config.preset},
     )
-    save_exported(exported, directory / "model", overwrite=True)
+    export(exported, directory / "model")
     write_results(directory, metrics)
     LOG.info("pretrain: %s", ", ".join(f"{k} {v:.2f}" for k, v in metrics.items()) or "done")
     return PretrainResult(exported, metrics)

@@ -1,0 +1,181 @@
+"""Global BatchNorm and data-parallel training in two gloo processes against one process running
+the concatenated (global) batch with ordinary BatchNorm."""
+
+import tempfile
+from pathlib import Path
+
+import pytest
+import torch
+from torch import nn
+
+from multiprocess import run_distributed
+from simclrv2 import distributed
+from simclrv2.config import OptimizerConfig
+from simclrv2.data import ImageDataset
+from simclrv2.losses import nt_xent
+from simclrv2.metrics import MetricsWriter
+from simclrv2.models import ContrastiveModel, ProjectionHead, build_encoder
+from simclrv2.models.heads import BatchNormNoShift
+from simclrv2.runtime import Runtime
+from simclrv2.stages.common import optimizer_and_schedule
+from simclrv2.training import Stage, fit
+
+SHARDS = (3, 5)  # samples per process: unequal on purpose, the pooling must weight by count
+
+
+def _norm_layers() -> list[nn.Module]:
+    torch.manual_seed(0)
+    layers = [
+        nn.BatchNorm2d(4),
+        nn.BatchNorm1d(6),
+        BatchNormNoShift(6),
+        nn.BatchNorm1d(6, momentum=None),
+    ]
+    for layer in layers:
+        if layer.weight is not None:
+            nn.init.uniform_(layer.weight, 0.5, 1.5)
+        if layer.bias is not None:
+            nn.init.uniform_(layer.bias, -0.5, 0.5)
+    return [layer.double() for layer in layers]
+
+
+def _inputs() -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """(input, weights of a linear functional of the output) for each layer; the global batch."""
+    gen = torch.Generator().manual_seed(1)
+    n = sum(SHARDS)
+    shapes = [(n, 4, 3, 2), (n, 6), (n, 6), (n, 6)]
+    return [
+        (
+            torch.randn(s, generator=gen, dtype=torch.float64) * 2 + 1,
+            torch.randn(s, generator=gen, dtype=torch.float64),
+        )
+        for s in shapes
+    ]
+
+
+def _run_norm_layers(layers: list[nn.Module], rows: slice, steps: int = 2) -> dict:
+    """Two training-mode forwards/backwards of each layer on ``rows`` of the global batch."""
+    outputs, input_grads = [], []
+    for layer, (x, w) in zip(layers, _inputs()):
+        layer.train()
+        for _ in range(steps):
+            x_part = x[rows].clone().requires_grad_(True)
+            y = layer(x_part)
+            (y * w[rows]).sum().backward()
+        outputs.append(y.detach())
+        input_grads.append(x_part.grad)
+    params = {f"{i}.{k}": v for i, layer in enumerate(layers) for k, v in layer.named_parameters()}
+    grads = {k: v.grad.clone() for k, v in params.items()}
+    buffers = {
+        f"{i}.{k}": v.clone() for i, layer in enumerate(layers) for k, v in layer.named_buffers()
+    }
+    return {"outputs": outputs, "input_grads": input_grads, "grads": grads, "buffers": buffers}
+
+
+def _global_norm_worker(rank: int, world_size: int) -> dict:
+    import torch.distributed as dist
+
+    layers = _norm_layers()
+    holder = nn.Sequential(*layers)
+    with distributed.global_batchnorm(holder) as synced:
+        assert all(isinstance(m, distributed.GlobalBatchNorm) for m in synced)
+        start = sum(SHARDS[:rank])
+        result = _run_norm_layers(list(synced), slice(start, start + SHARDS[rank]))
+    assert not any(isinstance(m, distributed.GlobalBatchNorm) for m in holder)  # restored
+    for grad in result["grads"].values():  # each process holds its own loss's share
+        dist.all_reduce(grad)
+    restored = {f"{i}.{k}": v for i, layer in enumerate(holder) for k, v in layer.named_buffers()}
+    result["restored_buffers_match"] = all(
+        torch.equal(restored[k], v) for k, v in result["buffers"].items()
+    )
+    return result
+
+
+@pytest.mark.slow
+def test_global_batchnorm_equals_batchnorm_over_the_concatenated_batch():
+    expected = _run_norm_layers(_norm_layers(), slice(None))
+    results = run_distributed(_global_norm_worker, 2)
+    for rank, got in enumerate(results):
+        rows = slice(sum(SHARDS[:rank]), sum(SHARDS[: rank + 1]))
+        for y, want in zip(got["outputs"], expected["outputs"]):
+            torch.testing.assert_close(y, want[rows], atol=1e-10, rtol=1e-10)
+        for g, want in zip(got["input_grads"], expected["input_grads"]):
+            torch.testing.assert_close(g, want[rows], atol=1e-10, rtol=1e-10)
+        for name, want in expected["grads"].items():
+            torch.testing.assert_close(got["grads"][name], want, atol=1e-10, rtol=1e-10)
+        for name, want in expected["buffers"].items():
+            torch.testing.assert_close(got["buffers"][name], want, atol=1e-10, rtol=1e-10)
+        assert got["restored_buffers_match"]  # the original layers saw the shared buffers' updates
+
+
+def test_global_batchnorm_changes_nothing_in_one_process():
+    model = nn.Sequential(nn.Conv2d(1, 2, 1), nn.BatchNorm2d(2))
+    with distributed.global_batchnorm(model) as same:
+        assert same is model and isinstance(model[1], nn.BatchNorm2d)
+        assert not isinstance(model[1], distributed.GlobalBatchNorm)
+
+
+# ----------------------------------------------------------------------------------------------
+# A few pretraining steps through the shared training loop
+
+
+GLOBAL_BATCH, IMAGES, EPOCHS = 8, 24, 2
+
+
+def _contrastive_model(seed: int) -> ContrastiveModel:
+    torch.manual_seed(seed)
+    encoder = build_encoder("r18_0.125x_sk0", image_size=12, in_channels=1)
+    return ContrastiveModel(encoder, ProjectionHead(encoder.out_dim, 2, 16, 8)).double()
+
+
+def _pretrain(rank: int, world_size: int, directory: str) -> dict[str, torch.Tensor]:
+    """SimCLR steps with ``fit``: LARS, global BN, NT-Xent over the global batch. The two views are
+    fixed functions of the image (the augmentation stream is per process by design)."""
+    model = _contrastive_model(seed=rank)  # different initial weights per process: fit broadcasts
+    images = torch.randint(
+        0, 256, (IMAGES, 1, 12, 12), generator=torch.Generator().manual_seed(3), dtype=torch.uint8
+    )
+    data = ImageDataset(images)
+    settings = OptimizerConfig(optimizer="lars", base_lr=2.0, weight_decay=1e-4, warmup=1)
+    optimizer, schedule = optimizer_and_schedule(settings, model, EPOCHS, GLOBAL_BATCH, IMAGES)
+
+    def step(batch: torch.Tensor, labels: torch.Tensor, generator: torch.Generator) -> dict:
+        x = batch.double() / 255
+        views = torch.cat([x, x.flip(3).sqrt()])  # (2n, 1, 12, 12)
+        _, z = model(views)
+        return {"loss": nt_xent(*z.chunk(2), temperature=0.5)}
+
+    runtime = Runtime(torch.device("cpu"), None, channels_last=False)
+    stage = Stage(
+        "pretrain",
+        Path(directory),
+        runtime,
+        MetricsWriter(Path(directory) / "metrics.csv", "pretrain", rank == 0),
+    )
+    with distributed.global_batchnorm(model):
+        fit(
+            stage,
+            step,
+            {"model": model},
+            optimizer,
+            schedule,
+            data,
+            batch_size=GLOBAL_BATCH,
+            epochs=EPOCHS,
+            seed=0,
+        )
+    return {k: v.clone() for k, v in model.state_dict().items()}
+
+
+@pytest.mark.slow
+def test_two_processes_with_global_batchnorm_train_as_one_process_on_the_global_batch(tmp_path):
+    (tmp_path / "one").mkdir()
+    expected = _pretrain(0, 1, str(tmp_path / "one"))
+    initial = _contrastive_model(seed=0).state_dict()
+    assert any(not torch.equal(initial[k], v) for k, v in expected.items())  # it trained
+    with tempfile.TemporaryDirectory(dir=tmp_path) as shared:
+        results = run_distributed(_pretrain, 2, shared)
+    for got in results:
+        assert got.keys() == expected.keys()
+        for name, want in expected.items():
+            torch.testing.assert_close(got[name], want, atol=1e-5, rtol=0, msg=name)
