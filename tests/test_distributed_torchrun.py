@@ -10,34 +10,21 @@ import pytest
 
 import simclrv2
 from multiprocess import free_port
-from simclrv2.data import load_dataset
-from simclrv2.data.idx import write_idx
 
 SRC = Path(simclrv2.__file__).resolve().parents[1]
 
 
-def _small_idx_set(directory: Path) -> Path:
-    """256 training and 128 test images of the embedded set, as MNIST-style IDX files."""
-    directory.mkdir()
-    for split, stem, count in (("train", "train", 256), ("test", "t10k", 128)):
-        data = load_dataset(None, split)
-        write_idx(directory / f"{stem}-images-idx3-ubyte", data.images[:count, 0].numpy())
-        write_idx(
-            directory / f"{stem}-labels-idx1-ubyte", data.labels[:count].numpy().astype("uint8")
-        )
-    return directory
-
-
 @pytest.mark.slow
-def test_two_torchrun_nodes_run_the_pretrain_command_and_rank_0_writes_one_checkpoint(tmp_path):
-    data = _small_idx_set(tmp_path / "data")
+def test_two_torchrun_nodes_run_the_pretrain_command_and_rank_0_writes_one_checkpoint(
+    tmp_path, tiny_data
+):
     launcher = [
         sys.executable, "-m", "torch.distributed.run", "--nnodes", "2", "--nproc-per-node", "1",
         "--rdzv-backend", "c10d", "--rdzv-endpoint", f"127.0.0.1:{free_port()}", "--rdzv-id", "test",
     ]  # fmt: skip
     command = [
-        "-m", "simclrv2", "pretrain", "--data", str(data), "model.arch=r18_0.125x_sk0",
-        "pretrain.batch_size=64", "pretrain.epochs=1", "pretrain.knn_every=0", "runtime.device=cpu",
+        "-m", "simclrv2", "pretrain", "--data", str(tiny_data), "model.arch=r18_0.125x_sk0",
+        "pretrain.batch_size=32", "pretrain.epochs=1", "pretrain.knn_every=0", "runtime.device=cpu",
     ]  # fmt: skip
     env = os.environ | {"PYTHONPATH": str(SRC), "OMP_NUM_THREADS": "1"}
     nodes = [
@@ -57,7 +44,7 @@ def test_two_torchrun_nodes_run_the_pretrain_command_and_rank_0_writes_one_check
     (run,) = (tmp_path / "runs").iterdir()  # one run directory, named by rank 0 for both
     for out, _ in outputs:
         assert f"model: {run.relative_to(tmp_path) / 'model'}" in out
-    assert [p.name for p in (run / "checkpoints").iterdir()] == ["step-00000004"]  # 256 / 64 steps
+    assert [p.name for p in (run / "checkpoints").iterdir()] == ["step-00000005"]  # 160 images / 32
     assert (run / "model" / "model.safetensors").is_file()
     assert '"world_size": 2' in (run / "environment.json").read_text()
     log = (run / "log.txt").read_text()
