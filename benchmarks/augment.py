@@ -14,6 +14,11 @@ recipe: s = 1.0, blur), random uint8 RGB inputs at the output size. Then the tim
 ``resnet18(cifar_stem=True)`` on 512 images of 32 px (a SimCLR step feeds it both views, 1024
 images, so the true share is about half of this).
 
+Each time is the median of ``--repeats`` calls after a warm-up, as wall time (img/s) and as this
+process's CPU time (img/CPU-s). On a machine shared with other jobs the CPU time is the steadier
+measure at one thread; with more threads it also counts the time threads spin waiting for a
+descheduled sibling.
+
 Set up kornia once (it reuses the installed torch, so no CUDA build is pulled)::
 
     python -m venv --system-site-packages benchmarks/.venvs/kornia
@@ -45,15 +50,16 @@ KORNIA_PYTHON = REPO / "benchmarks" / ".venvs" / "kornia" / "bin" / "python"
 CASES = ((32, 512), (224, 128))  # (image side, batch)
 
 
-def median_seconds(fn: Callable[[], object], repeats: int) -> float:
-    """Median wall time of ``fn`` over ``repeats`` calls, after one warm-up call."""
+def median_seconds(fn: Callable[[], object], repeats: int) -> tuple[float, float]:
+    """Median (wall, CPU) seconds of ``fn`` over ``repeats`` calls, after one warm-up call."""
     fn()
-    times = []
+    wall, cpu = [], []
     for _ in range(repeats):
-        start = time.perf_counter()
+        start_wall, start_cpu = time.perf_counter(), time.process_time()
         fn()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
+        wall.append(time.perf_counter() - start_wall)
+        cpu.append(time.process_time() - start_cpu)
+    return statistics.median(wall), statistics.median(cpu)
 
 
 def inputs(size: int, batch: int) -> torch.Tensor:
@@ -61,13 +67,13 @@ def inputs(size: int, batch: int) -> torch.Tensor:
     return torch.randint(0, 256, (batch, 3, size, size), dtype=torch.uint8, generator=generator)
 
 
-def kornia_rates(repeats: int) -> dict[int, float]:
-    """Images/s of kornia's pipeline per case; runs inside the kornia virtual environment."""
+def kornia_seconds(repeats: int) -> dict[int, tuple[float, float]]:
+    """(wall, CPU) seconds per batch of kornia's pipeline; runs in the kornia environment."""
     import kornia.augmentation as K
 
     from simclrv2.augment import SimCLRAugment, blur_kernel_size
 
-    rates = {}
+    seconds = {}
     for size, batch in CASES:
         recipe = SimCLRAugment.reference(size)
         s = recipe.jitter_strength
@@ -91,34 +97,35 @@ def kornia_rates(repeats: int) -> dict[int, float]:
             with torch.no_grad():
                 return pipeline(images.float() / 255).clamp(0, 1)
 
-        rates[size] = batch / median_seconds(run, repeats)
-    return rates
+        seconds[size] = median_seconds(run, repeats)
+    return seconds
 
 
-def kornia_in_its_venv(threads: int, repeats: int) -> dict[int, float] | None:
+def kornia_in_its_venv(threads: int, repeats: int) -> dict[int, tuple[float, float]] | None:
     if not KORNIA_PYTHON.exists():
         print(f"(kornia skipped: {KORNIA_PYTHON} missing; see this script's docstring)")
         return None
     command = [str(KORNIA_PYTHON), __file__, "--kornia-worker"]
     command += ["--threads", str(threads), "--repeats", str(repeats)]
     result = subprocess.run(command, capture_output=True, text=True, check=True)
-    return {int(k): v for k, v in json.loads(result.stdout.splitlines()[-1]).items()}
+    return {int(k): tuple(v) for k, v in json.loads(result.stdout.splitlines()[-1]).items()}
 
 
-def simclrv2_rates(size: int, batch: int, repeats: int) -> tuple[float, float]:
-    """Images/s of SimCLRAugment on the whole batch, and called on one image at a time."""
+def simclrv2_seconds(size: int, batch: int, repeats: int) -> dict[str, tuple[float, float]]:
+    """(wall, CPU) seconds per batch: SimCLRAugment on the whole batch, and one image at a time."""
     from simclrv2.augment import SimCLRAugment
 
     augment, images = SimCLRAugment.reference(size), inputs(size, batch)
     generator = torch.Generator().manual_seed(0)
-    batched = median_seconds(lambda: augment(images, generator), repeats)
-    looped = median_seconds(
-        lambda: [augment(image[None], generator) for image in images], max(1, repeats // 2)
-    )
-    return batch / batched, batch / looped
+    return {
+        "simclrv2": median_seconds(lambda: augment(images, generator), repeats),
+        "per-image loop": median_seconds(
+            lambda: [augment(image[None], generator) for image in images], max(1, repeats // 2)
+        ),
+    }
 
 
-def two_views_seconds(repeats: int) -> float:
+def two_views_seconds(repeats: int) -> tuple[float, float]:
     """Two views of 512 images of 32 px (CIFAR-10 recipe), as a pretraining step makes them."""
     from simclrv2.augment import SimCLRAugment
 
@@ -127,7 +134,7 @@ def two_views_seconds(repeats: int) -> float:
     return median_seconds(lambda: (augment(images, generator), augment(images, generator)), repeats)
 
 
-def resnet18_step_seconds(repeats: int) -> float:
+def resnet18_step_seconds(repeats: int) -> tuple[float, float]:
     """Forward + backward of resnet18 (CIFAR stem) on 512 images of 32 px."""
     from simclrv2.models import resnet18
 
@@ -150,7 +157,7 @@ def main() -> None:
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     if args.kornia_worker:
-        print(json.dumps(kornia_rates(args.repeats)))
+        print(json.dumps(kornia_seconds(args.repeats)))
         return
 
     from simclrv2.tables import format_table
@@ -170,25 +177,33 @@ def main() -> None:
     kornia = kornia_in_its_venv(args.threads, args.repeats)
     rows = []
     for size, batch in CASES:
-        batched, looped = simclrv2_rates(size, batch, args.repeats)
-        other = kornia[size] if kornia else None
-        rows.append(
-            {
-                "size_px": size,
-                "batch": batch,
-                "simclrv2_img_s": round(batched),
-                "kornia_img_s": round(other) if other else None,
-                "per_image_loop_img_s": round(looped),
-                "x_kornia": round(batched / other, 2) if other else None,
-                "x_loop": round(batched / looped, 1),
-            }
-        )
+        measured = simclrv2_seconds(size, batch, args.repeats)
+        if kornia:
+            measured["kornia 0.9.0"] = kornia[size]
+        ours_wall, ours_cpu = measured["simclrv2"]
+        for name, (wall, cpu_time) in measured.items():
+            rows.append(
+                {
+                    "size_px": size,
+                    "batch": batch,
+                    "implementation": name,
+                    "img_s": round(batch / wall),
+                    "img_cpu_s": round(batch / cpu_time),
+                    "simclrv2_speedup_wall": round(wall / ours_wall, 2),
+                    "simclrv2_speedup_cpu": round(cpu_time / ours_cpu, 2),
+                }
+            )
     print(format_table(rows, markdown=True))
 
-    views, step = two_views_seconds(args.repeats), resnet18_step_seconds(args.step_repeats)
+    (views_wall, views_cpu), (step_wall, step_cpu) = (
+        two_views_seconds(args.repeats),
+        resnet18_step_seconds(args.step_repeats),
+    )
     print(
-        f"\ntwo views of 512 images at 32 px: {views * 1000:.0f} ms = {100 * views / step:.1f}% "
-        f"of a resnet18 (CIFAR stem) forward+backward step on 512 images ({step:.2f} s)"
+        f"\ntwo views of 512 images at 32 px: {views_wall * 1000:.0f} ms wall "
+        f"({views_cpu * 1000:.0f} ms CPU) = {100 * views_wall / step_wall:.2f}% "
+        f"({100 * views_cpu / step_cpu:.2f}% of CPU time) of a resnet18 (CIFAR stem) "
+        f"forward+backward step on 512 images ({step_wall:.1f} s wall, {step_cpu:.1f} s CPU)"
     )
     print(f"load average at the end: {os.getloadavg()[0]:.2f}")
 
