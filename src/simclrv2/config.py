@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import math
 import types
 import typing
 from dataclasses import asdict, dataclass, field, fields, replace
@@ -17,7 +18,7 @@ from typing import Any, Literal
 
 import yaml
 
-from simclrv2.errors import UserError
+from simclrv2.errors import UserError, first_line
 
 
 @dataclass
@@ -330,7 +331,13 @@ def _convert(key: str, value: Any, annotation: Any) -> Any:
             raise UserError(
                 f"{key} needs {'an integer' if annotation is int else 'a number'}, got {value!r}"
             )
-        return annotation(number)
+        try:
+            number = annotation(number)
+        except OverflowError:  # an integer beyond the range of a float
+            number = math.inf
+        if not math.isfinite(number):
+            raise UserError(f"{key} needs a finite number, got {value!r}")
+        return number
     if annotation is str:
         if not isinstance(value, (str, int, float)) or isinstance(value, bool):
             raise UserError(f"{key} needs a string, got {value!r}")
@@ -344,10 +351,10 @@ def _set(config: Config, key: str, value: Any) -> Config:
     if section_name not in hints:
         raise _unknown_key(key, config)
     section = getattr(config, section_name)
-    if not dataclasses.is_dataclass(section):
-        if field_name:
-            raise _unknown_key(key, config)
-        return replace(config, **{section_name: _convert(key, value, hints[section_name])})
+    if not dataclasses.is_dataclass(section):  # the preset: its name is what the sections came from
+        raise UserError(
+            f"{key!r} cannot be set; choose the preset with --preset or a config file's 'preset:'"
+        )
     section_hints = typing.get_type_hints(type(section))
     if field_name not in section_hints:
         raise _unknown_key(key, config)
@@ -390,6 +397,10 @@ def load_config(
             mapping = yaml.safe_load(path.read_text()) or {}
         except FileNotFoundError:
             raise UserError(f"config file {path} does not exist; check the path") from None
+        except (OSError, UnicodeDecodeError) as error:
+            raise UserError(
+                f"config file {path} cannot be read ({first_line(error)}); give a YAML text file"
+            ) from None
         except yaml.YAMLError as error:
             line = getattr(getattr(error, "problem_mark", None), "line", None)
             where = f" at line {line + 1}" if line is not None else ""

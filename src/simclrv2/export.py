@@ -2,12 +2,14 @@
 
 The JSON names the architecture (encoder spec, projection head, classifier and the head layer the
 classifier reads), so :func:`load_exported` rebuilds the modules before loading the weights. The
-tensors are stored under ``encoder.*``, ``projection_head.*`` and ``classifier.*``. This is the
-format that ``simclrv2 convert-tf`` writes and every stage's ``--init`` reads.
+tensors are stored under ``encoder.*``, ``projection_head.*`` and ``classifier.*``; the JSON also
+holds the weights file's sha256, checked on loading (exports without one load unchecked). This is
+the format that ``simclrv2 convert-tf`` writes and every stage's ``--init`` reads.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import shutil
@@ -15,10 +17,12 @@ import tempfile
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+import torch
+from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from simclrv2.errors import UserError
+from simclrv2.errors import UserError, first_line
 from simclrv2.models import (
     Classifier,
     LinearClassifier,
@@ -99,7 +103,8 @@ def save_exported(model: ExportedModel, directory: str | Path, overwrite: bool =
     staging = Path(tempfile.mkdtemp(prefix=f".{directory.name}.", dir=directory.parent))
     try:
         save_file({k: v.detach().contiguous().cpu() for k, v in tensors.items()}, staging / WEIGHTS)
-        (staging / METADATA).write_text(json.dumps(_architecture(model), indent=2) + "\n")
+        meta = _architecture(model) | {"weights_sha256": _sha256(staging / WEIGHTS)}
+        (staging / METADATA).write_text(json.dumps(meta, indent=2) + "\n")
         if directory.exists():
             shutil.rmtree(directory)
         os.replace(staging, directory)
@@ -109,7 +114,12 @@ def save_exported(model: ExportedModel, directory: str | Path, overwrite: bool =
 
 
 def load_exported(directory: str | Path) -> ExportedModel:
-    """Rebuild the modules an export describes and load its weights (strictly: no missing, no extra)."""
+    """Rebuild the modules an export describes and load its weights (strictly: no missing, no extra).
+
+    The description is checked against the stored tensors' shapes on the meta device before any
+    memory is allocated, and the weights against their checksum, so a damaged export is a one-line
+    error whatever is damaged.
+    """
     directory = Path(directory)
     meta_path, weights_path = directory / METADATA, directory / WEIGHTS
     if not meta_path.is_file() or not weights_path.is_file():
@@ -117,18 +127,65 @@ def load_exported(directory: str | Path) -> ExportedModel:
             f"{directory} is not an exported model (needs {METADATA} and {WEIGHTS}); "
             "export one with `simclrv2 export` or convert one with `simclrv2 convert-tf`"
         )
+    meta = _read_metadata(meta_path)
+    with torch.device("meta"):  # shapes only: a damaged description cannot allocate terabytes
+        described = _described_shapes(meta, meta_path)
+    stored = _stored_shapes(weights_path)
+    for prefix in ("encoder", "projection_head", "classifier"):
+        expected = {k: v for k, v in described.items() if k.startswith(prefix + ".")}
+        found = {k: v for k, v in stored.items() if k.startswith(prefix + ".")}
+        mismatched = sorted(
+            k for k in expected.keys() | found.keys() if expected.get(k) != found.get(k)
+        )
+        if mismatched:
+            raise UserError(
+                f"{weights_path} does not match {meta_path} for the {prefix} "
+                f"({len(mismatched)} tensors differ, e.g. {mismatched[0]}); re-export the model"
+            )
+    if meta.get("weights_sha256") not in (None, _sha256(weights_path)):
+        raise UserError(f"{weights_path} does not match its checksum; the file is corrupt")
     try:
-        meta = json.loads(meta_path.read_text())
-        spec = ResNetSpec(**meta["encoder"])
-    except (json.JSONDecodeError, KeyError, TypeError) as error:
+        tensors = load_file(weights_path)
+    except Exception as error:  # safetensors raises its own error types for a corrupt file
         raise UserError(
-            f"{meta_path} is not a valid model description ({error}); re-export the model"
+            f"{weights_path} cannot be read ({first_line(error)}); the file is corrupt or truncated"
         ) from None
+    encoder, head, classifier, selector = _build(meta)
+    for prefix, module in (
+        ("encoder", encoder),
+        ("projection_head", head),
+        ("classifier", classifier),
+    ):
+        if module is not None:
+            part = {
+                k[len(prefix) + 1 :]: v for k, v in tensors.items() if k.startswith(prefix + ".")
+            }
+            module.load_state_dict(part)
+    return ExportedModel(encoder, head, classifier, selector, meta.get("info", {}))
+
+
+def _read_metadata(path: Path) -> dict:
+    """The parsed ``model.json``, of this format version."""
+    try:
+        meta = json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
+        raise UserError(
+            f"{path} is not a valid model description ({first_line(error)}); re-export the model"
+        ) from None
+    if not isinstance(meta, dict) or not isinstance(meta.get("info", {}), dict):
+        raise UserError(f"{path} is not a valid model description; re-export the model")
     if meta.get("format_version") != FORMAT_VERSION:
         raise UserError(
-            f"{meta_path} has format version {meta.get('format_version')}; this simclrv2 reads {FORMAT_VERSION}"
+            f"{path} has format version {meta.get('format_version')!r}; this simclrv2 reads {FORMAT_VERSION}"
         )
-    encoder = ResNet(spec)
+    return meta
+
+
+def _build(
+    meta: dict,
+) -> tuple[ResNet, ProjectionHead | None, LinearClassifier | None, int]:
+    """(encoder, projection head, classifier, selector) as ``meta`` describes them."""
+    encoder = ResNet(ResNetSpec(**meta["encoder"]))
     head = (
         ProjectionHead(encoder.out_dim, **meta["projection_head"])
         if meta["projection_head"]
@@ -139,32 +196,43 @@ def load_exported(directory: str | Path) -> ExportedModel:
         selector = meta["classifier"]["selector"]
         in_dim = head.output_dim(selector) if head is not None else encoder.out_dim
         classifier = LinearClassifier(in_dim, meta["classifier"]["num_classes"])
+    return encoder, head, classifier, selector
+
+
+def _described_shapes(meta: dict, path: Path) -> dict[str, tuple[int, ...]]:
+    """Name -> shape of every tensor the description asks for (call on the meta device)."""
     try:
-        tensors = load_file(weights_path)
+        modules = zip(("encoder", "projection_head", "classifier"), _build(meta))
+        return {
+            f"{prefix}.{name}": tuple(tensor.shape)
+            for prefix, module in modules
+            if isinstance(module, nn.Module)
+            for name, tensor in module.state_dict().items()
+        }
+    except (KeyError, TypeError, ValueError, IndexError, AttributeError, RuntimeError, OverflowError) as error:  # fmt: skip
+        raise UserError(
+            f"{path} is not a valid model description ({type(error).__name__}: "
+            f"{first_line(error)}); re-export the model"
+        ) from None
+
+
+def _stored_shapes(path: Path) -> dict[str, tuple[int, ...]]:
+    """Name -> shape of every tensor in a safetensors file, from its header alone."""
+    try:
+        with safe_open(path, "pt") as file:
+            return {name: tuple(file.get_slice(name).get_shape()) for name in file.keys()}  # noqa: SIM118
     except Exception as error:  # safetensors raises its own error types for a corrupt file
         raise UserError(
-            f"{weights_path} cannot be read ({error}); the file is corrupt or truncated"
+            f"{path} cannot be read ({first_line(error)}); the file is corrupt or truncated"
         ) from None
-    for prefix, module in (
-        ("encoder", encoder),
-        ("projection_head", head),
-        ("classifier", classifier),
-    ):
-        if module is None:
-            continue
-        part = {k[len(prefix) + 1 :]: v for k, v in tensors.items() if k.startswith(prefix + ".")}
-        expected = module.state_dict()
-        mismatched = sorted(
-            {k for k in expected if k not in part or part[k].shape != expected[k].shape}
-            | (part.keys() - expected.keys())
-        )
-        if mismatched:
-            raise UserError(
-                f"{weights_path} does not match {meta_path} for the {prefix} "
-                f"({len(mismatched)} tensors differ, e.g. {mismatched[0]}); re-export the model"
-            )
-        module.load_state_dict(part)
-    return ExportedModel(encoder, head, classifier, selector, meta.get("info", {}))
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as file:
+        for block in iter(lambda: file.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
 
 
 def load_encoder(directory: str | Path) -> ResNet:

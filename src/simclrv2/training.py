@@ -182,10 +182,10 @@ def fit(
     )
     for module in modules.values():
         module.train()
-    bar = progress_bar(epochs * steps_per_epoch, position.step, stage.name, enabled=is_main)
-    images_per_step = batch_size
     if is_main:  # a full disk is reported now, not at the first checkpoint
         check_writable(stage.checkpoints, space_needed(stage.checkpoints, modules.values()))
+    bar = progress_bar(epochs * steps_per_epoch, position.step, stage.name, enabled=is_main)
+    images_per_step = batch_size
     with bar, _StopSignal() as stop:  # the bar is closed however training ends
         while position.epoch < epochs:
             batches = epoch_batches(

@@ -111,9 +111,16 @@ def _entry(batch: dict[str, object], key: str, source: str) -> object:
     return batch[key]
 
 
-def _texts(values: object) -> list[str]:
+def _texts(values: object, source: str, key: str) -> list[str]:
     """Names stored as Python 2 strings (bytes) or str, as str."""
-    return [v.decode() if isinstance(v, bytes) else str(v) for v in values]
+    if not isinstance(values, (list, tuple)) or not all(
+        isinstance(v, (bytes, str)) for v in values
+    ):
+        raise UserError(f"{source}: {key!r} must be a list of names")
+    try:
+        return [v.decode() if isinstance(v, bytes) else v for v in values]
+    except UnicodeDecodeError:
+        raise UserError(f"{source}: {key!r} holds names that are not UTF-8 text") from None
 
 
 def _read_batch(
@@ -139,7 +146,7 @@ def _read_batch(
         raise UserError(f"{source}: {labels.size} labels for {len(data)} images")
     if len(labels) and not 0 <= labels.min() <= labels.max() < num_classes:
         raise UserError(f"{source}: labels outside 0..{num_classes - 1}")
-    names = _texts(batch["filenames"]) if "filenames" in batch else None
+    names = _texts(batch["filenames"], source, "filenames") if "filenames" in batch else None
     if names is not None and len(names) != len(data):
         raise UserError(f"{source}: {len(names)} file names for {len(data)} images")
     return data.reshape(-1, *IMAGE_SHAPE), labels, names
@@ -204,7 +211,7 @@ def read_cifar(path: Path, split: str, variant: str) -> ImageDataset:
     members = _read_members(path, layout, (layout.meta, *files))
     meta_source = f"{path}:{layout.meta}"
     meta = unpickle_batch(members[layout.meta], meta_source)
-    classes = _texts(_entry(meta, layout.names_key, meta_source))
+    classes = _texts(_entry(meta, layout.names_key, meta_source), meta_source, layout.names_key)
     batches = [
         _read_batch(unpickle_batch(members[f], f"{path}:{f}"), layout, len(classes), f"{path}:{f}")
         for f in files
