@@ -1,6 +1,7 @@
 """Every stage end to end on a tiny real data set, through the CLI a user types."""
 
 import json
+import shutil
 
 import numpy as np
 import pytest
@@ -65,6 +66,66 @@ def test_report_renders_the_runs_numbers(pipeline_run):
             image.load()
             assert image.size[0] > 100 and image.size[1] > 100
         assert f'src="report/{path.name}"' in page
+
+
+def _images_in(page: str, run) -> set[str]:
+    """The PNG files of a report: each decodes, is a real picture, and is shown on the page."""
+    names = set()
+    for path in sorted((run / "report").glob("*.png")):
+        with Image.open(path) as image:
+            image.load()
+            assert image.size[0] > 100 and image.size[1] > 100
+        assert f'src="report/{path.name}"' in page
+        names.add(path.name)
+    return names
+
+
+def test_report_renders_a_pipeline_interrupted_in_pretraining(tiny_data, tmp_path, monkeypatch):
+    import simclrv2.training as training
+
+    class StopAtStep7(training._StopSignal):  # in epoch 2, after epoch 1's monitors
+        calls = 0
+
+        @property
+        def requested(self) -> bool:
+            StopAtStep7.calls += 1
+            return StopAtStep7.calls == 7
+
+        @requested.setter
+        def requested(self, value: bool) -> None:
+            pass
+
+    monkeypatch.setattr(training, "_StopSignal", StopAtStep7)
+    run = tmp_path / "run"
+    assert main(["pipeline", "--data", str(tiny_data), "--out", str(run), *TINY_OVERRIDES]) == 0
+    assert not (run / "pretrain" / "model").exists()  # interrupted: checkpoints only
+
+    page = build_report(run).read_text()
+    assert "No results yet: no stage of this run has finished." in page
+    assert {
+        "pretrain-curves.png",
+        "pretrain-accuracy.png",
+        "embeddings.png",  # from the newest checkpoint
+        "augmentations.png",
+    } <= _images_in(page, run)
+
+
+def test_report_of_an_unfinished_pipeline_lists_the_finished_stages(pipeline_run, tmp_path):
+    run = tmp_path / "run"
+    shutil.copytree(pipeline_run, run, ignore=shutil.ignore_patterns("report*"))
+    for name in ("results.json", "results.md"):
+        (run / name).unlink()
+    shutil.rmtree(run / "distill-10%")  # the run stopped in its last stage
+
+    page = build_report(run).read_text()
+    assert "The run has not finished" in page
+    knn = json.loads((run / "pretrain" / "results.json").read_text())["knn_top1"]
+    assert "pretrain (kNN)" in page and f"{knn:.4g}" in page
+    for stage in ("linear", "finetune-10%", "supervised-10%"):
+        top1 = json.loads((run / stage / "results.json").read_text())["top1"]
+        assert stage in page and f"{top1:.4g}" in page
+    assert "distill-10%" not in page
+    assert {"finetune-10%-confusion.png", "embeddings.png"} <= _images_in(page, run)
 
 
 def test_a_finished_pipeline_is_reused_on_resume(pipeline_run, capsys):

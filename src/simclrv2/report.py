@@ -1,9 +1,12 @@
 """``simclrv2 report RUN_DIR``: one HTML page with PNG plots of a run, for a person to look at.
 
 It shows the results table, loss and learning-rate curves of every stage, kNN and linear accuracy
-over the epochs, a 2-D map (PCA) of the test embeddings coloured by class, the confusion matrix of
-each classifier, and an augmentation grid. It renders whatever the directory holds, so it works
-on an interrupted run too (missing parts are named, not fatal).
+over the epochs (the kNN monitor and the online linear classifier at the epochs they ran, and the
+final linear evaluation), a 2-D map (PCA) of the test embeddings coloured by class, the confusion
+matrix of each classifier, and an augmentation grid. It renders whatever the directory holds, so
+it works on an interrupted run too: the table then lists the stages that finished, the embedding
+map uses the newest pretraining checkpoint when there is no exported model yet, and missing parts
+are named, not fatal.
 """
 
 from __future__ import annotations
@@ -72,14 +75,27 @@ def _accuracy_over_epochs(stage: Path, rows: list[dict], out: Path) -> str | Non
     for name, points in series.items():
         epochs, values = zip(*sorted(points))
         axis.plot(epochs, values, marker="o", label=name.replace("_top1", " top-1"))
+    linear = _read_json(stage.parent / "linear" / "results.json")
+    if stage.name == "pretrain" and isinstance(linear, dict) and "top1" in linear:
+        last = max(row["epoch"] for row in rows)
+        axis.plot([last], [linear["top1"]], marker="*", markersize=12, linestyle="none",
+                  label=f"linear eval ({linear.get('method', '')}) top-1")  # fmt: skip
     axis.set(xlabel="epoch", ylabel="test accuracy (%)", title=f"{stage.name}: monitors")
     axis.legend(fontsize=8)
     return _save(figure, out / f"{stage.name}-accuracy.png")
 
 
+def _read_json(path: Path) -> object:
+    """The JSON value in ``path``, or None if the file is missing or unreadable (a run being
+    written)."""
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+
+
 def _confusion(stage: Path, out: Path) -> str | None:
-    path = stage / "results.json"
-    results = json.loads(path.read_text()) if path.exists() else {}
+    results = _read_json(stage / "results.json")
     if not isinstance(results, dict) or "confusion" not in results:
         return None
     matrix = torch.tensor(results["confusion"], dtype=torch.float32)
@@ -96,27 +112,50 @@ def _confusion(stage: Path, out: Path) -> str | None:
     return _save(figure, out / f"{stage.name}-confusion.png")
 
 
+def _pretrained_encoder(run: Path, config, data) -> tuple[torch.nn.Module, str] | None:
+    """The pretrained encoder of a run and where it came from: the exported model of a finished
+    pretraining, else the newest checkpoint of an interrupted one, else None."""
+    from simclrv2.checkpoint import load_latest
+    from simclrv2.export import load_exported
+    from simclrv2.stages.common import build_stage_encoder, train_image_size
+
+    stages = [d for d in (run / "pretrain", run) if d.is_dir()]
+    for stage in stages:
+        if (stage / "model" / "model.json").exists():
+            return load_exported(stage / "model").encoder, "exported model"
+    for stage in stages:
+        state = load_latest(stage / "checkpoints")
+        if state is not None and "model" in state.get("modules", {}):
+            size = train_image_size(config.data.image_size, data)
+            encoder = build_stage_encoder(config.model, config.model.arch, data, size)
+            prefix = "encoder."
+            weights = {
+                k[len(prefix) :]: v
+                for k, v in state["modules"]["model"].items()
+                if k.startswith(prefix)
+            }
+            encoder.load_state_dict(weights)
+            return encoder, f"checkpoint of step {state['position']['step']} (interrupted run)"
+    return None
+
+
 def _embedding_map(run: Path, out: Path) -> str | None:
     """PCA of h on the test images, coloured by class, from the pretrained encoder."""
     from simclrv2.evaluation import extract
-    from simclrv2.export import load_exported
     from simclrv2.rundir import load_run_config
     from simclrv2.runtime import resolve_runtime
     from simclrv2.stages.common import load_split, train_image_size
 
-    model_dir = next(
-        (d / "model" for d in (run / "pretrain", run) if (d / "model" / "model.json").exists()),
-        None,
-    )
-    if model_dir is None:
-        return None
     config = load_run_config(run)
-    exported = load_exported(model_dir)
     test = load_split(config.data, config.data.test_split)
+    found = _pretrained_encoder(run, config, test)
+    if found is None:
+        return None
+    encoder, source = found
     test = test.subset(torch.arange(min(len(test), 2000)))
     runtime = resolve_runtime(config.runtime)
     features, labels = extract(
-        runtime.module(exported.encoder).eval(),
+        runtime.module(encoder).eval(),
         test,
         runtime,
         train_image_size(config.data.image_size, test),
@@ -131,7 +170,7 @@ def _embedding_map(run: Path, out: Path) -> str | None:
     )
     names = test.classes or [str(c) for c in range(int(labels.max()) + 1)]
     axis.legend(scatter.legend_elements()[0], names, fontsize=7, loc="best", markerscale=0.8)
-    axis.set(title="test embeddings h (PCA)", xticks=[], yticks=[])
+    axis.set(title=f"test embeddings h (PCA), {source}", xticks=[], yticks=[])
     return _save(figure, out / "embeddings.png")
 
 
@@ -150,13 +189,40 @@ def _augmentations(run: Path, out: Path) -> str | None:
     return "augmentations.png"
 
 
+def _finished_stages(run: Path) -> list[dict]:
+    """One row per stage folder that holds its results: the table of a run that has not finished."""
+    finished = sorted(run.glob("*/results.json"), key=lambda path: path.stat().st_mtime)
+    rows = []
+    for path in finished:
+        results, stage = _read_json(path), path.parent
+        if not isinstance(results, dict):
+            continue
+        kind = "knn_" if "top1" not in results and "knn_top1" in results else ""
+        seconds = results.get("seconds")
+        rows.append(
+            {
+                "stage": stage.name + (" (kNN)" if kind else ""),
+                "top1": results.get(f"{kind}top1"),
+                "top5": results.get(f"{kind}top5"),
+                "minutes": seconds / 60 if isinstance(seconds, (int, float)) else None,
+            }
+        )
+    return rows
+
+
 def _results_table(run: Path) -> str:
-    path = run / "results.json"
-    if not path.exists():
-        return "<p>No results table yet (the run has not finished).</p>"
-    rows = json.loads(path.read_text())
-    rows = rows if isinstance(rows, list) else [{k: v for k, v in rows.items() if k != "confusion"}]
-    return f"<pre>{html.escape(format_table(rows))}</pre>"
+    rows = _read_json(run / "results.json")
+    if isinstance(rows, dict):  # a single stage's results
+        rows = [{k: v for k, v in rows.items() if k != "confusion"}]
+    if isinstance(rows, list) and rows:
+        return f"<pre>{html.escape(format_table(rows))}</pre>"
+    finished = _finished_stages(run)
+    if not finished:
+        return "<p>No results yet: no stage of this run has finished.</p>"
+    return (
+        "<p>The run has not finished; the stages that have:</p>"
+        f"<pre>{html.escape(format_table(finished))}</pre>"
+    )
 
 
 def build_report(run: str | Path) -> Path:
