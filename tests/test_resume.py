@@ -20,7 +20,6 @@ from safetensors.torch import load_file
 from simclrv2 import training
 from simclrv2.cli import main
 from tiny_runs import (
-    EPOCHS,
     STEPS_PER_EPOCH,
     assert_identical,
     assert_same_training,
@@ -29,8 +28,6 @@ from tiny_runs import (
     start_cli,
     write_tiny_idx,
 )
-
-TOTAL_STEPS = EPOCHS * STEPS_PER_EPOCH
 
 
 class Died(Exception):  # noqa: N818 (an event, not an error)
@@ -110,18 +107,21 @@ def _kill_after_step(process, run, step: int, delay: float) -> None:
 @pytest.mark.slow
 @pytest.mark.parametrize("seed", [0, 1])
 def test_sigkill_at_random_moments_then_resume_gives_the_same_bits(data, tmp_path, seed):
-    rng = random.Random(seed)
+    """Five kills, each a few steps on (at most ~4 with these delays): 24 steps leave room."""
+    rng, epochs = random.Random(seed), 6
+    args = pretrain_args(data, **{"pretrain.epochs": epochs})
+    total = epochs * STEPS_PER_EPOCH
     reference = tmp_path / "reference"
-    process = start_cli("pretrain", "--out", str(reference), *pretrain_args(data))
+    process = start_cli("pretrain", "--out", str(reference), *args)
     assert process.wait() == 0, process.stderr.read()
 
     run = tmp_path / "run"
-    process = start_cli("pretrain", "--out", str(run), *pretrain_args(data))
-    _kill_after_step(process, run, rng.randrange(1, STEPS_PER_EPOCH - 1), rng.uniform(0, 0.1))
+    process = start_cli("pretrain", "--out", str(run), *args)
+    _kill_after_step(process, run, rng.randrange(1, STEPS_PER_EPOCH - 1), rng.uniform(0, 0.03))
     kills = ["from outside, mid-epoch"]
     while len(kills) < 5:
         done = newest_step(run)
-        assert done < TOTAL_STEPS - 3, "the schedule below needs steps left"
+        assert done < total - 3, "the schedule below needs steps left"
         if len(kills) % 2:  # inside the checkpoint writer: 3 fsyncs per checkpoint
             fsync = rng.randrange(1, 3 * 3 + 1)
             process = start_cli(str(fsync), "pretrain", "--resume", str(run), code=DIE_AT_FSYNC)
@@ -130,8 +130,8 @@ def test_sigkill_at_random_moments_then_resume_gives_the_same_bits(data, tmp_pat
             )
         else:
             process = start_cli("pretrain", "--resume", str(run))
-            target = rng.randrange(done + 1, min(done + 4, TOTAL_STEPS - 2))
-            _kill_after_step(process, run, target, rng.uniform(0, 0.1))
+            target = rng.randrange(done + 1, done + 3)
+            _kill_after_step(process, run, target, rng.uniform(0, 0.03))
             kills.append(f"from outside after step {target}")
         assert process.wait() == -signal.SIGKILL, (kills, process.stderr.read())
     process = start_cli("pretrain", "--resume", str(run))
