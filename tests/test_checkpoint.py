@@ -1,12 +1,15 @@
+import ast
 import hashlib
 import json
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 import torch
 
+import simclrv2
 from simclrv2.checkpoint import checkpoints, load_latest, load_state, save_checkpoint, verify
 from simclrv2.errors import UserError
 
@@ -97,3 +100,45 @@ def test_a_killed_writer_leaves_the_previous_checkpoint_usable(tmp_path):
     assert result.returncode == 9
     assert [p.name for p in checkpoints(tmp_path)] == ["step-00000001"]
     assert load_latest(tmp_path)["position"]["step"] == 1
+
+
+def _calls(tree: ast.AST, module: str, name: str) -> list[ast.Call]:
+    """Calls of ``module.name(...)`` in a parsed source file."""
+    return [
+        node
+        for node in ast.walk(tree)
+        if isinstance(node, ast.Call)
+        and isinstance(node.func, ast.Attribute)
+        and node.func.attr == name
+        and isinstance(node.func.value, ast.Name)
+        and node.func.value.id == module
+    ]
+
+
+def _keyword(call: ast.Call, name: str) -> object:
+    return next((k.value.value for k in call.keywords if k.arg == name and isinstance(k.value, ast.Constant)), None)  # fmt: skip
+
+
+def test_nothing_in_the_package_unpickles_arbitrary_objects():
+    """Every torch.load passes weights_only=True, no np.load allows pickles, and pickle itself is
+    only reached through the CIFAR reader's restricted unpickler."""
+    sources = sorted(Path(simclrv2.__file__).parent.rglob("*.py"))
+    loads, unpicklers = 0, []
+    for path in sources:
+        tree = ast.parse(path.read_text())
+        for call in _calls(tree, "torch", "load"):
+            loads += 1
+            assert _keyword(call, "weights_only") is True, f"{path}:{call.lineno}"
+        for call in _calls(tree, "np", "load"):
+            assert _keyword(call, "allow_pickle") in (None, False), f"{path}:{call.lineno}"
+        for name in ("load", "loads", "Unpickler"):
+            unpicklers += [f"{path.name}:{c.lineno}" for c in _calls(tree, "pickle", name)]
+        unpicklers += [
+            f"{path.name}:{node.lineno}"
+            for node in ast.walk(tree)
+            if isinstance(node, ast.ClassDef)
+            for base in node.bases
+            if isinstance(base, ast.Attribute) and base.attr == "Unpickler"
+        ]
+    assert loads >= 1  # the checkpoint loader is found, so the scan sees the package
+    assert [u.split(":")[0] for u in unpicklers] == ["cifar.py"]  # RestrictedUnpickler
