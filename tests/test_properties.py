@@ -36,7 +36,11 @@ from simclrv2.export import METADATA, WEIGHTS, ExportedModel
 from simclrv2.models import LinearClassifier, ProjectionHead, build_encoder
 from tiny_runs import write_tiny_idx
 
-EXAMPLES = settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+# The same examples on every run (no flaky CI); explore with more, random ones by editing
+# max_examples and derandomize here, and keep what they find as @example.
+EXAMPLES = settings(
+    max_examples=40, derandomize=True, deadline=None, suppress_health_check=[HealthCheck.too_slow]
+)
 
 
 def assert_one_line(error: UserError) -> None:
@@ -365,6 +369,8 @@ PICKLED = st.recursive(
     ),
     st.booleans(),
 )  # fmt: skip
+@example("data_batch_1", pickle.dumps({b"data": None, b"labels": [None, []]}), False)
+@example("batches.meta", pickle.dumps({b"data": None, b"label_names": None}), False)
 def test_damaged_cifar_batches(name, damage, archived):
     with scratch() as directory:
         folder = directory / "cifar-10-batches-py"

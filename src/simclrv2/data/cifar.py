@@ -128,7 +128,10 @@ def _read_batch(
 ) -> tuple[np.ndarray, np.ndarray, list[str] | None]:
     """(images (N, 3, 32, 32), labels (N,), file names or None) of one checked batch."""
     data = _entry(batch, "data", source)
-    labels = np.asarray(_entry(batch, layout.label_key, source))
+    try:
+        labels = np.asarray(_entry(batch, layout.label_key, source))
+    except (ValueError, TypeError):  # ragged or unconvertible
+        raise UserError(f"{source}: {layout.label_key!r} is not a list of class numbers") from None
     if not (
         isinstance(data, np.ndarray)
         and data.dtype == np.uint8
