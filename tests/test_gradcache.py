@@ -169,3 +169,40 @@ def test_two_processes_with_global_batchnorm_normalise_the_union_of_their_chunks
             torch.testing.assert_close(result["grads"][name], want, atol=1e-10, rtol=1e-10)
         for name, want in reference.named_buffers():
             torch.testing.assert_close(result["buffers"][name], want, atol=1e-10, rtol=1e-10)
+
+
+def test_the_second_pass_replays_the_first_pass_rng_state():
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(50, 50), nn.Dropout(0.5), nn.Linear(50, 4))
+    views = torch.randn(12, 50)
+    torch.manual_seed(
+        1
+    )  # the reference draws each chunk's dropout mask in order, as the first pass
+    reference = copy.deepcopy(model)
+    nt_xent(*torch.cat([reference(part) for part in views.split(3)]).chunk(2), 0.5).backward()
+    torch.manual_seed(1)
+    nt_xent(*chunked_forward(model, views, 3).chunk(2), 0.5).backward()
+    for name, want in _grads(reference).items():
+        torch.testing.assert_close(_grads(model)[name], want, atol=1e-6, rtol=1e-6)
+
+
+class RecordsDtypes(nn.Linear):
+    """Records the dtype each call computes in (bf16 under CPU autocast, else fp32)."""
+
+    def __init__(self) -> None:
+        super().__init__(6, 4)
+        self.dtypes: list[torch.dtype] = []
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = super().forward(x)
+        self.dtypes.append(y.dtype)
+        return y
+
+
+@pytest.mark.parametrize("autocast", [True, False])
+def test_the_second_pass_runs_under_the_first_pass_autocast(autocast):
+    model = RecordsDtypes()
+    with torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
+        z = chunked_forward(model, torch.randn(8, 6), 2)
+    nt_xent(*z.chunk(2), 0.5).backward()  # outside autocast, as the training loop does
+    assert model.dtypes == [torch.bfloat16 if autocast else torch.float32] * 8  # 4 chunks, twice

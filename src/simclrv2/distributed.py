@@ -9,8 +9,9 @@ popular ports shipped) silently drops most of the loss's gradient on more than o
 Data parallelism is written out rather than wrapped in DistributedDataParallel: every process starts
 from rank 0's state (:func:`broadcast_state`), back-propagates the loss of its own shard, and
 :func:`average_gradients` replaces each gradient by its mean over the processes (one all-reduce per
-step). That is DDP's arithmetic without its hooks, so gradient caching may run a network several
-times before one backward; the price is no overlap of communication with the backward on GPUs.
+step). That is DDP's arithmetic without its hooks, so gradient caching may run a network in chunks
+and back-propagate inside the backward; the price is no overlap of communication with the backward
+on GPUs.
 """
 
 from __future__ import annotations
