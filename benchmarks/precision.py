@@ -32,7 +32,9 @@ CONFIGURATIONS = {
 }
 
 
-def step(model: torch.nn.Module, runtime: Runtime, views: torch.Tensor) -> tuple[float, torch.Tensor]:
+def step(
+    model: torch.nn.Module, runtime: Runtime, views: torch.Tensor
+) -> tuple[float, torch.Tensor]:
     """One forward and backward; returns the loss and the flattened parameter gradient."""
     model.zero_grad(set_to_none=True)
     with runtime.autocast():
@@ -77,7 +79,9 @@ def main() -> None:
         f"SimCLR step, {args.arch} at 32 px, {2 * args.images} views, {args.threads} thread(s), "
         f"best of {args.rounds}; gradients at initialisation against fp32"
     )
-    print(f"{'configuration':<20} {'seconds':>8} {'speed-up':>9} {'grad cosine':>12} {'loss diff':>10}")
+    print(
+        f"{'configuration':<20} {'seconds':>8} {'speed-up':>9} {'grad cosine':>12} {'loss diff':>10}"
+    )
     for name, (loss, grad) in results.items():
         cosine = torch.nn.functional.cosine_similarity(grad.double(), base_grad.double(), dim=0)
         print(
