@@ -128,9 +128,12 @@ def _contrastive_model(seed: int) -> ContrastiveModel:
     return ContrastiveModel(encoder, ProjectionHead(encoder.out_dim, 2, 16, 8)).double()
 
 
-def _pretrain(rank: int, world_size: int, directory: str) -> dict[str, torch.Tensor]:
-    """SimCLR steps with ``fit``: LARS, global BN, NT-Xent over the global batch. The two views are
-    fixed functions of the image (the augmentation stream is per process by design)."""
+def _pretrain(
+    rank: int, world_size: int, directory: str, epochs: int = EPOCHS, noise: float = 0.0
+) -> dict[str, torch.Tensor]:
+    """SimCLR steps with ``fit`` (resuming from ``directory``'s checkpoint, if any): LARS, global BN,
+    NT-Xent over the global batch, on a schedule of ``EPOCHS`` of which ``epochs`` are run. The two
+    views are fixed functions of the image, plus ``noise`` from the per-process augmentation stream."""
     model = _contrastive_model(seed=rank)  # different initial weights per process: fit broadcasts
     images = torch.randint(
         0, 256, (IMAGES, 1, 12, 12), generator=torch.Generator().manual_seed(3), dtype=torch.uint8
@@ -142,6 +145,7 @@ def _pretrain(rank: int, world_size: int, directory: str) -> dict[str, torch.Ten
     def step(batch: torch.Tensor, labels: torch.Tensor, generator: torch.Generator) -> dict:
         x = batch.double() / 255
         views = torch.cat([x, x.flip(3).sqrt()])  # (2n, 1, 12, 12)
+        views = views + noise * torch.randn(views.shape, generator=generator, dtype=torch.float64)
         _, z = model(views)
         return {"loss": nt_xent(*z.chunk(2), temperature=0.5)}
 
@@ -161,10 +165,26 @@ def _pretrain(rank: int, world_size: int, directory: str) -> dict[str, torch.Ten
             schedule,
             data,
             batch_size=GLOBAL_BATCH,
-            epochs=EPOCHS,
+            epochs=epochs,
             seed=0,
         )
     return {k: v.clone() for k, v in model.state_dict().items()}
+
+
+def _stop_then_resume(rank: int, world_size: int, directory: str) -> dict[str, torch.Tensor]:
+    _pretrain(rank, world_size, directory, epochs=1, noise=0.1)  # ends with a checkpoint
+    return _pretrain(rank, world_size, directory, noise=0.1)  # fresh model, resumed from it
+
+
+@pytest.mark.slow
+def test_two_processes_resume_exactly_with_each_process_random_stream(tmp_path):
+    (tmp_path / "once").mkdir()
+    (tmp_path / "twice").mkdir()
+    once = run_distributed(_pretrain, 2, str(tmp_path / "once"), EPOCHS, 0.1)
+    resumed = run_distributed(_stop_then_resume, 2, str(tmp_path / "twice"))
+    for got, want in zip(resumed, once):
+        for name, value in want.items():
+            torch.testing.assert_close(got[name], value, atol=0, rtol=0, msg=name)
 
 
 @pytest.mark.slow

@@ -75,6 +75,15 @@ def broadcast_object(value: object) -> object:
     return box[0]
 
 
+def all_gather_objects(value: object) -> list[object]:
+    """Every process's ``value`` (any picklable object), in rank order, on every process."""
+    if world_size() == 1:
+        return [value]
+    values: list[object] = [None] * world_size()
+    dist.all_gather_object(values, value)
+    return values
+
+
 def _flag_device() -> torch.device:
     """Where a collective's tensor must live: the current GPU for NCCL, else the CPU."""
     if dist.get_backend() == "nccl":

@@ -91,7 +91,14 @@ def _rng_state(generator: torch.Generator) -> dict[str, Tensor]:
     return state
 
 
-def _restore_rng(state: dict[str, Tensor], generator: torch.Generator) -> None:
+def _restore_rng(states: list[dict[str, Tensor]], generator: torch.Generator) -> None:
+    """This process's streams from every process's (``states[rank]``). A process the saved run did
+    not have keeps its fresh streams: the run goes on, no longer bit-exact (its data shards moved
+    anyway)."""
+    if distributed.rank() >= len(states):
+        LOG.warning("the checkpoint has no random state for process %d", distributed.rank())
+        return
+    state = states[distributed.rank()]
     generator.set_state(state["augment"])
     torch.set_rng_state(state["torch"])
     if "cuda" in state and torch.cuda.is_available():
@@ -166,11 +173,12 @@ def fit(
         if broken is not None:  # never replace the last good checkpoint with these weights
             lr = schedule(max(position.step - 1, 0))
             raise _diverged(stage, f"{broken} became non-finite", position.step, lr, batch_size)
+        rng = distributed.all_gather_objects(_rng_state(generator))  # every process's streams
         if is_main:
             state = {
                 "modules": {name: module.state_dict() for name, module in modules.items()},
                 "optimizer": optimizer.state_dict(),
-                "rng": _rng_state(generator),
+                "rng": rng,
                 "position": asdict(position),
             }
             save_checkpoint(stage.checkpoints, position.step, state)
