@@ -12,6 +12,7 @@ import pytest
 
 from simclrv2 import training
 from simclrv2.cli import main
+from simclrv2.stages import pretrain as pretrain_stage
 from tiny_runs import (
     STEPS_PER_EPOCH,
     assert_same_training,
@@ -85,4 +86,44 @@ def test_sigterm_to_a_cli_process_checkpoints_exits_0_and_the_run_resumes(
     process = start_cli(*hint.group(1).split()[1:])
     assert process.wait() == 0, process.stderr.read()
     assert f"step {stopped}" in (run / "log.txt").read_text().split("resumed at")[-1]
+    assert_same_training(reference, run)
+
+
+@pytest.mark.parametrize("signum", SIGNALS, ids=lambda s: s.name)
+def test_a_signal_during_the_epoch_end_monitor_stops_at_that_epochs_checkpoint(
+    signum, data, reference, tmp_path, monkeypatch, capsys
+):
+    run, real_monitor = tmp_path / "run", pretrain_stage.evaluate_representation
+
+    def signal_then_monitor(*args, **kwargs):
+        os.kill(os.getpid(), signum)
+        return real_monitor(*args, **kwargs)
+
+    with monkeypatch.context() as patch:
+        patch.setattr(pretrain_stage, "evaluate_representation", signal_then_monitor)
+        assert main(["pretrain", "--out", str(run), *pretrain_args(data)]) == 0
+    assert newest_step(run) == STEPS_PER_EPOCH  # no step of the next epoch was taken
+    assert f"stopped at step {STEPS_PER_EPOCH};" in capsys.readouterr().err
+    assert main(["pretrain", "--resume", str(run)]) == 0
+    assert_same_training(reference, run)
+
+
+@pytest.mark.parametrize("signum", SIGNALS, ids=lambda s: s.name)
+def test_a_signal_after_training_stops_at_once_and_the_resume_finishes(
+    signum, data, reference, tmp_path, monkeypatch, capsys
+):
+    """Outside the training loop (here: writing the export) there is no step to finish: the
+    command stops at once, exits 0 with the resume hint, and nothing half-written stays."""
+    run = tmp_path / "run"
+
+    def signal_instead(*args, **kwargs):
+        os.kill(os.getpid(), signum)
+
+    with monkeypatch.context() as patch:
+        patch.setattr(pretrain_stage, "export", signal_instead)
+        assert main(["pretrain", "--out", str(run), *pretrain_args(data)]) == 0
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    assert err == f"simclrv2: stopped; resume with: simclrv2 pretrain --resume {run}"
+    assert not (run / "model").exists() and not (run / "results.json").exists()
+    assert main(["pretrain", "--resume", str(run)]) == 0
     assert_same_training(reference, run)

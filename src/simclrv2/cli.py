@@ -2,7 +2,8 @@
 
 Training commands share ``--preset``, ``--config FILE``, ``--data SOURCE``, ``--out DIR``,
 ``--resume DIR`` and ``section.key=value`` overrides. Bad input ends in one line on stderr and exit
-status 2; SIGTERM/SIGINT end a training command with a checkpoint, a resume hint and status 0.
+status 2; SIGTERM/SIGINT end a training command with a checkpoint, a resume hint and status 0
+(outside the training loop, e.g. during an evaluation, they stop it at once, as Ctrl-C does).
 """
 
 from __future__ import annotations
@@ -10,7 +11,9 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
+import signal
 import sys
+import threading
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -423,10 +426,17 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _stop_at_once(signum: int, frame: object) -> None:
+    """SIGTERM outside a training loop (which finishes its step first): stop as Ctrl-C does."""
+    raise KeyboardInterrupt
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     from simclrv2 import distributed
 
     args = build_parser().parse_args(argv)
+    in_main_thread = threading.current_thread() is threading.main_thread()
+    previous = signal.signal(signal.SIGTERM, _stop_at_once) if in_main_thread else None
     try:
         with contextlib.ExitStack() as cleanup:
             args.cleanup = cleanup
@@ -438,6 +448,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         command = f"simclrv2 {args.command} --resume {args.run_directory}"
         print(f"simclrv2: {stop}; resume with: {command}", file=sys.stderr)
         return 0
+    except KeyboardInterrupt:  # the work done is in the run's checkpoints and finished stages
+        if getattr(args, "run_directory", None) is None:
+            print("simclrv2: stopped", file=sys.stderr)
+            return 130
+        command = f"simclrv2 {args.command} --resume {args.run_directory}"
+        print(f"simclrv2: stopped; resume with: {command}", file=sys.stderr)
+        return 0
     finally:
         distributed.shutdown()  # the process group of a torchrun launch, if any
+        if in_main_thread:
+            signal.signal(signal.SIGTERM, signal.SIG_DFL if previous is None else previous)
     return 0

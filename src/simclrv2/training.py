@@ -256,4 +256,6 @@ def fit(
                         ", ".join(f"{k} {v:.4g}" for k, v in epoch_values.items()),
                     )  # fmt: skip
             checkpoint()
+            if distributed.any_process(stop.requested):  # it came during the epoch-end monitors
+                raise Interrupted(stage.directory, position.step)
     return position
