@@ -211,8 +211,13 @@ def test_each_stage_command(pipeline_run, tiny_data, tmp_path, capsys):
     torch.testing.assert_close(stored["embeddings"], torch.from_numpy(embeddings))
 
 
+@pytest.mark.parametrize(
+    "scale",
+    [[], ["pretrain.memory_size=48", "pretrain.chunk_size=8"]],
+    ids=["plain", "memory-queue-and-chunks"],  # the queue and the EMA copy resume too
+)
 def test_resume_after_an_interruption_continues_the_same_loss_curve(
-    tiny_data, tmp_path, monkeypatch
+    tiny_data, tmp_path, monkeypatch, scale
 ):
     import simclrv2.training as training
 
@@ -223,6 +228,7 @@ def test_resume_after_an_interruption_continues_the_same_loss_curve(
         *TINY_OVERRIDES,
         "pretrain.checkpoint_every=3",
         "pretrain.knn_every=0",
+        *scale,
     ]
     assert main([*args, "--out", str(tmp_path / "whole")]) == 0
 
