@@ -59,3 +59,22 @@ def test_bad_exports_are_one_line_errors(tmp_path):
     (tmp_path / "f" / "model.json").write_text(json.dumps(meta))
     with pytest.raises(UserError, match="does not match"):
         load_exported(tmp_path / "f")
+
+
+def test_flipped_bits_in_the_weights_are_caught_by_the_checksum(tmp_path):
+    save_exported(_model(), tmp_path / "e")
+    weights = tmp_path / "e" / "model.safetensors"
+    data = bytearray(weights.read_bytes())
+    data[-5] ^= 0x40  # inside the last tensor: a valid file with one wrong weight
+    weights.write_bytes(bytes(data))
+    with pytest.raises(UserError, match="does not match its checksum"):
+        load_exported(tmp_path / "e")
+
+
+def test_a_description_asking_for_a_huge_model_fails_before_allocating(tmp_path):
+    save_exported(_model(), tmp_path / "e")
+    meta = json.loads((tmp_path / "e" / "model.json").read_text())
+    meta["encoder"]["in_channels"] = 10**12  # terabytes of stem weights, were it built
+    (tmp_path / "e" / "model.json").write_text(json.dumps(meta))
+    with pytest.raises(UserError, match="does not match"):
+        load_exported(tmp_path / "e")

@@ -33,7 +33,8 @@ KEEP = 2  # checkpoints kept: the newest, and the previous one in case the newes
 OPTIMIZER_BUFFERS = 2  # tensors an optimiser keeps per parameter, at most (AdamW; momentum: 1)
 
 
-def _sha256(path: Path) -> str:
+def sha256(path: Path) -> str:
+    """The hex sha256 of a file, read in 1 MiB blocks."""
     digest = hashlib.sha256()
     with open(path, "rb") as file:
         for block in iter(lambda: file.read(1 << 20), b""):
@@ -84,7 +85,7 @@ def _write(directory: Path, step: int, state: dict[str, Any]) -> Path:
             os.fsync(file.fileno())
         manifest = {
             "step": step,
-            "sha256": _sha256(staging / STATE),
+            "sha256": sha256(staging / STATE),
             "bytes": (staging / STATE).stat().st_size,
         }
         with open(staging / MANIFEST, "w") as file:
@@ -131,7 +132,7 @@ def verify(checkpoint: Path) -> str | None:
         return f"{STATE} is missing"
     if state.stat().st_size != manifest.get("bytes"):
         return f"{STATE} is truncated ({state.stat().st_size} of {manifest.get('bytes')} bytes)"
-    if _sha256(state) != manifest.get("sha256"):
+    if sha256(state) != manifest.get("sha256"):
         return f"{STATE} does not match its sha256 checksum (corrupt)"
     return None
 

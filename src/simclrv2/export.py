@@ -9,7 +9,6 @@ the format that ``simclrv2 convert-tf`` writes and every stage's ``--init`` read
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import shutil
@@ -22,6 +21,7 @@ from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 from torch import nn
 
+from simclrv2.checkpoint import sha256
 from simclrv2.errors import UserError, first_line
 from simclrv2.models import (
     Classifier,
@@ -103,7 +103,7 @@ def save_exported(model: ExportedModel, directory: str | Path, overwrite: bool =
     staging = Path(tempfile.mkdtemp(prefix=f".{directory.name}.", dir=directory.parent))
     try:
         save_file({k: v.detach().contiguous().cpu() for k, v in tensors.items()}, staging / WEIGHTS)
-        meta = _architecture(model) | {"weights_sha256": _sha256(staging / WEIGHTS)}
+        meta = _architecture(model) | {"weights_sha256": sha256(staging / WEIGHTS)}
         (staging / METADATA).write_text(json.dumps(meta, indent=2) + "\n")
         if directory.exists():
             shutil.rmtree(directory)
@@ -142,7 +142,7 @@ def load_exported(directory: str | Path) -> ExportedModel:
                 f"{weights_path} does not match {meta_path} for the {prefix} "
                 f"({len(mismatched)} tensors differ, e.g. {mismatched[0]}); re-export the model"
             )
-    if meta.get("weights_sha256") not in (None, _sha256(weights_path)):
+    if meta.get("weights_sha256") not in (None, sha256(weights_path)):
         raise UserError(f"{weights_path} does not match its checksum; the file is corrupt")
     try:
         tensors = load_file(weights_path)
@@ -225,14 +225,6 @@ def _stored_shapes(path: Path) -> dict[str, tuple[int, ...]]:
         raise UserError(
             f"{path} cannot be read ({first_line(error)}); the file is corrupt or truncated"
         ) from None
-
-
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as file:
-        for block in iter(lambda: file.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def load_encoder(directory: str | Path) -> ResNet:
