@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from torch import Tensor
+
 from simclrv2.config import Config
 from simclrv2.data import ImageDataset
 from simclrv2.evaluation import (
@@ -17,11 +19,22 @@ from simclrv2.runtime import Runtime
 from simclrv2.stages.common import train_image_size
 
 
-def _features(exported: ExportedModel, data: ImageDataset, runtime: Runtime, size: int):
+def _train_test_features(
+    config: Config,
+    exported: ExportedModel,
+    train: ImageDataset,
+    test: ImageDataset,
+    runtime: Runtime,
+) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """h and labels of the labelled training and test images (frozen encoder, evaluation crop)."""
+    size = train_image_size(config.data.image_size, train)
     encoder = runtime.module(exported.encoder).eval()
-    features, labels = extract(encoder, data, runtime, size)
-    known = labels >= 0
-    return features[known], labels[known]
+    out = []
+    for data in (train, test):
+        features, labels = extract(encoder, data, runtime, size)
+        known = labels >= 0
+        out += [features[known], labels[known]]
+    return out[0], out[1], out[2], out[3]
 
 
 def linear_eval(
@@ -32,9 +45,7 @@ def linear_eval(
     runtime: Runtime,
 ) -> dict:
     """Linear evaluation (frozen encoder, features cached once) on all labelled training images."""
-    size = train_image_size(config.data.image_size, train)
-    train_h, train_y = _features(exported, train, runtime, size)
-    test_h, test_y = _features(exported, test, runtime, size)
+    train_h, train_y, test_h, test_y = _train_test_features(config, exported, train, test, runtime)
     settings = config.linear
     if settings.method == "lbfgs":
         probe = fit_linear_lbfgs(train_h, train_y, train.num_classes, settings.l2)
@@ -63,9 +74,7 @@ def knn_eval(
     runtime: Runtime,
 ) -> dict:
     """Weighted kNN accuracy of h with the labelled training images as the bank."""
-    size = train_image_size(config.data.image_size, train)
-    bank, bank_y = _features(exported, train, runtime, size)
-    queries, labels = _features(exported, test, runtime, size)
+    bank, bank_y, queries, labels = _train_test_features(config, exported, train, test, runtime)
     settings = config.pretrain
     return knn_accuracy(
         bank, bank_y, queries, labels, train.num_classes, settings.knn_k, settings.knn_temperature
