@@ -159,7 +159,7 @@ def lightly_job(arrays: dict[str, np.ndarray], batch: int, epochs: int, workers:
 # The simclrv2 job (runs with the project's Python and this checkout's sources)
 
 
-def simclrv2_job(arrays: dict[str, np.ndarray], batch: int, epochs: int) -> dict:
+def simclrv2_job(arrays: dict[str, np.ndarray], batch: int, epochs: int, extra: list[str]) -> dict:
     from simclrv2.config import load_config
     from simclrv2.data import ImageDataset
     from simclrv2.evaluation import extract
@@ -173,7 +173,7 @@ def simclrv2_job(arrays: dict[str, np.ndarray], batch: int, epochs: int) -> dict
         overrides=[
             "model.arch=r18_1x_sk0", "model.head_layers=2", "data.image_size=32",
             f"pretrain.batch_size={batch}", f"pretrain.epochs={epochs}", "pretrain.warmup=0.1",
-            "pretrain.warmup_unit=fraction", "runtime.device=cpu",
+            "pretrain.warmup_unit=fraction", "runtime.device=cpu", *extra,
         ],
     )  # fmt: skip
     runtime = resolve_runtime(config.runtime)
@@ -209,8 +209,11 @@ def fashion_mnist_rgb32(source: str, train: int, test: int, path: Path) -> None:
     np.savez(path, **arrays)
 
 
-def run_job(python: Path, name: str, args: argparse.Namespace, data: Path, out: Path) -> dict:
-    """One job in a fresh process; returns its figures and kNN accuracy."""
+def run_job(
+    python: Path, name: str, args: argparse.Namespace, data: Path, out: Path, extra: list[str] = ()
+) -> dict:
+    """One job in a fresh process (``extra``: simclrv2 overrides); returns its figures and kNN
+    accuracy."""
     env = os.environ | {
         "OMP_NUM_THREADS": str(args.threads), "MKL_NUM_THREADS": str(args.threads),
         "PYTHONPATH": str(REPO / "src") if name == "simclrv2" else "",
@@ -218,6 +221,7 @@ def run_job(python: Path, name: str, args: argparse.Namespace, data: Path, out: 
     command = [str(python), __file__, "--job", name, "--job-data", str(data), "--job-out", str(out)]
     command += ["--threads", str(args.threads), "--batch", str(args.batch)]
     command += ["--epochs", str(args.epochs), "--workers", str(args.workers)]
+    command += ["--job-set", *extra] if extra else []
     load = os.getloadavg()[0]
     subprocess.run(command, env=env, check=True)
     result = torch.load(out, weights_only=True)
@@ -243,6 +247,11 @@ def main() -> None:
     parser.add_argument("--job", choices=("simclrv2", "lightly"), help=argparse.SUPPRESS)
     parser.add_argument("--job-data", type=Path, help=argparse.SUPPRESS)
     parser.add_argument("--job-out", type=Path, help=argparse.SUPPRESS)
+    parser.add_argument("--job-set", nargs="*", default=[], help=argparse.SUPPRESS)
+    parser.add_argument(
+        "--variant", nargs="*", default=[], metavar="KEY=VALUE",
+        help="also run simclrv2 with these overrides, e.g. runtime.channels_last=false",
+    )  # fmt: skip
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
 
@@ -251,7 +260,7 @@ def main() -> None:
         if args.job == "lightly":
             result = lightly_job(arrays, args.batch, args.epochs, args.workers)
         else:
-            result = simclrv2_job(arrays, args.batch, args.epochs)
+            result = simclrv2_job(arrays, args.batch, args.epochs, args.job_set)
         torch.save(result, args.job_out)
         return
 
@@ -285,6 +294,10 @@ def main() -> None:
             "simclrv2": run_job(Path(sys.executable), "simclrv2", args, data, Path(scratch) / "s.pt"),
             f"lightly {version[0]}": run_job(args.lightly_python, "lightly", args, data, Path(scratch) / "l.pt"),
         }  # fmt: skip
+        if args.variant:
+            results["simclrv2 " + " ".join(args.variant)] = run_job(
+                Path(sys.executable), "simclrv2", args, data, Path(scratch) / "v.pt", args.variant
+            )
     rows = []
     for name, result in results.items():
         images = result["steps"] * args.batch
@@ -299,13 +312,14 @@ def main() -> None:
                 "load_before": round(result["load_before"], 2),
             }
         )
-    ours, theirs = rows
-    print(format_table(rows, markdown=True))
-    print(
-        f"\nsimclrv2 / lightly: throughput {ours['img_s'] / theirs['img_s']:.2f}x, peak memory "
-        f"{ours['peak_rss_MB'] / theirs['peak_rss_MB']:.2f}x, kNN top-1 "
-        f"{ours['knn_top1'] - theirs['knn_top1']:+.2f} points"
-    )
+    theirs = rows[1]
+    print(format_table(rows, markdown=True) + "\n")
+    for ours in rows[:1] + rows[2:]:
+        print(
+            f"{ours['job']} / {theirs['job']}: throughput {ours['img_s'] / theirs['img_s']:.2f}x, "
+            f"peak memory {ours['peak_rss_MB'] / theirs['peak_rss_MB']:.2f}x, kNN top-1 "
+            f"{ours['knn_top1'] - theirs['knn_top1']:+.2f} points"
+        )
     print(f"load average at the end: {os.getloadavg()[0]:.2f}")
 
 

@@ -47,8 +47,10 @@ def test_pipeline_writes_every_stage_and_one_table(pipeline_run, capsys):
     ).is_file()
 
 
-def test_report_renders_the_runs_numbers(pipeline_run):
-    page = build_report(pipeline_run).read_text()
+def test_report_renders_the_runs_numbers(pipeline_run, capsys):
+    assert main(["report", str(pipeline_run)]) == 0  # the command a user types
+    assert str(pipeline_run / "report.html") in capsys.readouterr().out
+    page = (pipeline_run / "report.html").read_text()
     rows = json.loads((pipeline_run / "results.json").read_text())
     for row in rows:
         assert row["method"] in page and f"{row['top1']:.4g}" in page
@@ -270,6 +272,7 @@ def test_resume_after_an_interruption_continues_the_same_loss_curve(
         (["finetune", "--init", "/no/model", "--labels", "1%"], "not an exported model"),
         (["finetune", "--labels", "150%"], "must be a fraction in (0, 1]"),
         (["pretrain", "--resume", "/no/run"], "not a run directory"),
+        (["report", "/no/run"], "/no/run is not a directory"),
     ],
 )
 def test_cli_errors_are_one_line(argv, message, tmp_path, capsys, monkeypatch):

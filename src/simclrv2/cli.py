@@ -383,6 +383,13 @@ def build_parser() -> argparse.ArgumentParser:
     _add_config_options(grid, runs=False)
     grid.set_defaults(run=_show_augmentations)
 
+    report = commands.add_parser(
+        "report",
+        help="HTML page with plots of a run (finished or interrupted): RUN_DIR/report.html",
+    )
+    report.add_argument("run_dir", metavar="RUN_DIR", help="a run directory, or one stage's folder")
+    report.set_defaults(run=_report)
+
     show = commands.add_parser(
         "config", help="print the resolved config (preset, file, overrides) as YAML"
     )
