@@ -1,5 +1,7 @@
 import json
 
+import pytest
+
 from simclrv2.cli import main
 from simclrv2.models import PAPER_PARAMS_M
 
@@ -32,3 +34,19 @@ def test_show_augmentations_writes_a_grid_of_the_embedded_data(tmp_path, capsys)
     tile = 28 * 4  # the demo preset's 28 px, enlarged to at least 96 px
     with Image.open(out) as grid:
         assert grid.size == (GAP + 3 * (tile + GAP) + ORIGINALS_GAP - GAP, GAP + 3 * (tile + GAP))
+
+
+def test_overrides_may_stand_before_and_after_options_and_later_ones_win(capsys):
+    argv = ["config", "pretrain.epochs=3", "--preset", "demo", "model.arch=r18_1x_sk0"]
+    assert main([*argv, "pretrain.epochs=4"]) == 0
+    printed = capsys.readouterr().out
+    assert "arch: r18_1x_sk0" in printed and "epochs: 4" in printed
+
+
+def test_stray_arguments_are_still_refused(capsys):
+    with pytest.raises(SystemExit):
+        main(["config", "pretrain.epochs=3", "--preset", "demo", "stray"])
+    assert "unrecognized arguments: stray" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        main(["models", "pretrain.epochs=3"])
+    assert "unrecognized arguments: pretrain.epochs=3" in capsys.readouterr().err

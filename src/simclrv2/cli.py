@@ -438,10 +438,25 @@ def _stop_at_once(signum: int, frame: object) -> None:
     raise KeyboardInterrupt
 
 
+def _parse_arguments(
+    parser: argparse.ArgumentParser, argv: Sequence[str] | None
+) -> argparse.Namespace:
+    """Parse, letting KEY=VALUE overrides stand anywhere, also after options (argparse alone
+    takes positionals only in one run)."""
+    args, unparsed = parser.parse_known_args(argv)
+    late_overrides = [item for item in unparsed if "=" in item and not item.startswith("-")]
+    unknown = [item for item in unparsed if item not in late_overrides]
+    if unknown or (late_overrides and not hasattr(args, "overrides")):
+        parser.error(f"unrecognized arguments: {' '.join(unknown or late_overrides)}")
+    if late_overrides:
+        args.overrides = [*args.overrides, *late_overrides]
+    return args
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     from simclrv2 import distributed
 
-    args = build_parser().parse_args(argv)
+    args = _parse_arguments(build_parser(), argv)
     in_main_thread = threading.current_thread() is threading.main_thread()
     previous = signal.signal(signal.SIGTERM, _stop_at_once) if in_main_thread else None
     try:
