@@ -148,7 +148,18 @@ def _show_config(args: argparse.Namespace) -> None:
     print(_config(args).to_yaml(), end="")
 
 
+def _print_outcome(metrics: dict, directory: Path) -> None:
+    """A stage's metrics (less the confusion matrix) and where its model is; rank 0 alone prints
+    under torchrun, where every process computes them."""
+    from simclrv2 import distributed
+
+    if distributed.rank() == 0:
+        print(json.dumps({k: v for k, v in metrics.items() if k != "confusion"}, indent=2))
+        print(f"model: {directory / 'model'}")
+
+
 def _pipeline(args: argparse.Namespace) -> None:
+    from simclrv2 import distributed
     from simclrv2.pipeline import TABLE_COLUMNS, run_pipeline
     from simclrv2.tables import format_table
 
@@ -156,8 +167,9 @@ def _pipeline(args: argparse.Namespace) -> None:
     train, test = _datasets(config)
     directory, runtime = _start(args, config, "pipeline")
     rows = run_pipeline(config, directory, runtime, train, test)
-    print(format_table(rows, TABLE_COLUMNS))
-    print(f"\nresults: {directory / 'results.json'}")
+    if distributed.rank() == 0:
+        print(format_table(rows, TABLE_COLUMNS))
+        print(f"\nresults: {directory / 'results.json'}")
 
 
 def _pretrain(args: argparse.Namespace) -> None:
@@ -167,8 +179,7 @@ def _pretrain(args: argparse.Namespace) -> None:
     train, test = _datasets(config)
     directory, runtime = _start(args, config, "pretrain")
     result = pretrain(config, directory, train, test, runtime)
-    print(json.dumps(result.metrics, indent=2))
-    print(f"model: {directory / 'model'}")
+    _print_outcome(result.metrics, directory)
 
 
 def _finetune(args: argparse.Namespace) -> None:
@@ -181,8 +192,7 @@ def _finetune(args: argparse.Namespace) -> None:
     init = load_exported(args.init) if args.init else None
     directory, runtime = _start(args, config, "finetune" if args.init else "supervised")
     result = finetune(config, directory, labelled, test, runtime, init)
-    print(json.dumps({k: v for k, v in result.metrics.items() if k != "confusion"}, indent=2))
-    print(f"model: {directory / 'model'}")
+    _print_outcome(result.metrics, directory)
 
 
 def _distill(args: argparse.Namespace) -> None:
@@ -197,8 +207,7 @@ def _distill(args: argparse.Namespace) -> None:
     teacher = load_exported(args.teacher).classifier_model()
     directory, runtime = _start(args, config, "distill")
     result = distill(config, directory, train, labelled, test, runtime, teacher)
-    print(json.dumps({k: v for k, v in result.metrics.items() if k != "confusion"}, indent=2))
-    print(f"model: {directory / 'model'}")
+    _print_outcome(result.metrics, directory)
 
 
 def _evaluate(args: argparse.Namespace) -> None:
