@@ -45,6 +45,23 @@ def test_existing_directory_is_not_overwritten(tmp_path):
     assert (tmp_path / "export" / "keep.txt").read_text() == "mine"
 
 
+def test_a_killed_writers_staging_directory_is_cleared_by_the_next_export(tmp_path, monkeypatch):
+    import simclrv2.export as export
+
+    def killed(*args, **kwargs):
+        raise KeyboardInterrupt  # the writer dies inside the staging directory
+
+    monkeypatch.setattr(export, "save_file", killed)
+    monkeypatch.setattr(export.shutil, "rmtree", lambda *a, **k: None)  # SIGKILL: no clean-up
+    with pytest.raises(KeyboardInterrupt):
+        save_exported(_model(), tmp_path / "export")
+    monkeypatch.undo()
+    assert len(list(tmp_path.iterdir())) == 1  # the killed writer's staging directory
+    (tmp_path / "export-other").mkdir()  # a sibling with a similar name is not touched
+    save_exported(_model(), tmp_path / "export")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["export", "export-other"]
+
+
 def test_bad_exports_are_one_line_errors(tmp_path):
     with pytest.raises(UserError, match="not an exported model"):
         load_exported(tmp_path)

@@ -87,12 +87,20 @@ def check_destination(directory: str | Path, overwrite: bool = False) -> None:
         )
 
 
+def _staging_prefix(directory: Path) -> str:
+    return f".{directory.name}.staging-"
+
+
 def save_exported(model: ExportedModel, directory: str | Path, overwrite: bool = False) -> Path:
     """Write the export atomically: a sibling temporary directory renamed into place at the end,
-    so ``directory`` never holds a half-written export."""
+    so ``directory`` never holds a half-written export. Staging directories left by a writer that
+    was killed are removed first."""
     directory = Path(directory)
     check_destination(directory, overwrite)
     directory.parent.mkdir(parents=True, exist_ok=True)
+    for stale in directory.parent.glob(f"{_staging_prefix(directory)}*"):
+        if stale.is_dir():
+            shutil.rmtree(stale, ignore_errors=True)
     tensors = {f"encoder.{k}": v for k, v in model.encoder.state_dict().items()}
     if model.projection_head is not None:
         tensors |= {
@@ -100,7 +108,7 @@ def save_exported(model: ExportedModel, directory: str | Path, overwrite: bool =
         }
     if model.classifier is not None:
         tensors |= {f"classifier.{k}": v for k, v in model.classifier.state_dict().items()}
-    staging = Path(tempfile.mkdtemp(prefix=f".{directory.name}.", dir=directory.parent))
+    staging = Path(tempfile.mkdtemp(prefix=_staging_prefix(directory), dir=directory.parent))
     try:
         save_file({k: v.detach().contiguous().cpu() for k, v in tensors.items()}, staging / WEIGHTS)
         meta = _architecture(model) | {"weights_sha256": sha256(staging / WEIGHTS)}
