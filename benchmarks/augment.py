@@ -35,7 +35,6 @@ import argparse
 import datetime
 import json
 import os
-import platform
 import statistics
 import subprocess
 import sys
@@ -44,6 +43,8 @@ from collections.abc import Callable
 from pathlib import Path
 
 import torch
+
+from machine import cpu_model
 
 REPO = Path(__file__).resolve().parents[1]
 KORNIA_PYTHON = REPO / "benchmarks" / ".venvs" / "kornia" / "bin" / "python"
@@ -162,14 +163,7 @@ def main() -> None:
 
     from simclrv2.tables import format_table
 
-    cpu = next(
-        (
-            line.split(":", 1)[1].strip()
-            for line in Path("/proc/cpuinfo").read_text().splitlines()
-            if line.startswith("model name")
-        ),
-        platform.processor(),
-    )
+    cpu = cpu_model()
     print(
         f"{datetime.datetime.now():%Y-%m-%d %H:%M}, {cpu}, {os.cpu_count()} cores, "
         f"torch {torch.__version__}, {args.threads} threads, load average {os.getloadavg()[0]:.2f}"

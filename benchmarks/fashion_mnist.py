@@ -40,6 +40,8 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from machine import cpu_model
+
 REPO = Path(__file__).resolve().parents[1]
 
 # Overrides per budget, on top of the fashion-mnist preset. "quick" (15 min at one thread): ResNet-18
@@ -199,14 +201,7 @@ def rows_of(records: list[dict]) -> list[dict]:
 def machine() -> str:
     import torch
 
-    cpu = next(
-        (
-            line.split(":", 1)[1].strip()
-            for line in Path("/proc/cpuinfo").read_text().splitlines()
-            if line.startswith("model name")
-        ),
-        platform.processor(),
-    )
+    cpu = cpu_model()
     return f"{cpu}, {os.cpu_count()} cores, torch {torch.__version__}, Python {platform.python_version()}"
 
 

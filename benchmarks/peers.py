@@ -37,7 +37,6 @@ from __future__ import annotations
 import argparse
 import datetime
 import os
-import platform
 import resource
 import subprocess
 import sys
@@ -47,6 +46,8 @@ from pathlib import Path
 
 import numpy as np
 import torch
+
+from machine import cpu_model
 
 REPO = Path(__file__).resolve().parents[1]
 LIGHTLY_PYTHON = REPO / "benchmarks" / ".venvs" / "lightly" / "bin" / "python"
@@ -272,14 +273,7 @@ def main() -> None:
         [str(args.lightly_python), "-c", "import lightly, torch; print(lightly.__version__, torch.__version__)"],
         capture_output=True, text=True, check=True,
     ).stdout.split()  # fmt: skip
-    cpu = next(
-        (
-            line.split(":", 1)[1].strip()
-            for line in Path("/proc/cpuinfo").read_text().splitlines()
-            if line.startswith("model name")
-        ),
-        platform.processor(),
-    )
+    cpu = cpu_model()
     print(
         f"{datetime.datetime.now():%Y-%m-%d %H:%M}, {cpu}, {os.cpu_count()} cores, "
         f"{args.threads} threads; simclrv2 on torch {torch.__version__}, lightly {version[0]} on "

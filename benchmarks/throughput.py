@@ -35,7 +35,6 @@ from __future__ import annotations
 import argparse
 import datetime
 import os
-import platform
 import statistics
 import sys
 import time
@@ -43,6 +42,8 @@ from collections.abc import Callable
 from pathlib import Path
 
 import torch
+
+from machine import cpu_model
 
 REPO = Path(__file__).resolve().parents[1]
 # (arch, image side, batch on the CPU, batch on CUDA)
@@ -206,14 +207,7 @@ def main() -> None:
 
     from simclrv2.tables import format_table
 
-    cpu = next(
-        (
-            line.split(":", 1)[1].strip()
-            for line in Path("/proc/cpuinfo").read_text().splitlines()
-            if line.startswith("model name")
-        ),
-        platform.processor(),
-    )
+    cpu = cpu_model()
     gpu = f", {torch.cuda.get_device_name()}" if torch.cuda.is_available() else ", no CUDA"
     print(
         f"{datetime.datetime.now():%Y-%m-%d %H:%M}, {cpu}, {os.cpu_count()} cores{gpu}, "
