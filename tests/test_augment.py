@@ -402,6 +402,19 @@ def test_views_are_float_in_range_shaped_and_reproducible(channels):
     assert bigger.shape == (16, channels, 40, 40)
 
 
+def test_views_inside_a_bf16_autocast_region_are_the_float32_views():
+    """Training steps augment under autocast; the views must not be rounded (nor fail)."""
+    images = random_uint8((8, 3, 40, 40), seed=3)
+    augment = SimCLRAugment(size=32, blur=True)
+    want_views, want_crops = augment(images, gen(1)), crop_flip(images, 24, gen(2))
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        views, crops = augment(images, gen(1)), crop_flip(images, 24, gen(2))
+        centre = center_crop(images, 24)
+    assert views.dtype == crops.dtype == centre.dtype == torch.float32
+    assert torch.equal(views, want_views) and torch.equal(crops, want_crops)
+    assert torch.equal(centre, center_crop(images, 24))
+
+
 def test_reference_recipes():
     assert SimCLRAugment.reference(32) == SimCLRAugment(size=32, jitter_strength=0.5, blur=False)
     assert SimCLRAugment.reference(224) == SimCLRAugment(size=224, jitter_strength=1.0, blur=True)

@@ -47,6 +47,18 @@ def test_pipeline_writes_every_stage_and_one_table(pipeline_run, capsys):
     ).is_file()
 
 
+def test_the_pipeline_runs_under_bf16_autocast(tiny_data, tmp_path):
+    """CUDA's default precision, tested with CPU autocast: every stage trains and evaluates."""
+    out = tmp_path / "run"
+    argv = ["pipeline", "--data", str(tiny_data), "--out", str(out), *TINY_OVERRIDES]
+    assert main([*argv, "runtime.precision=bf16"]) == 0
+    assert "precision: bf16" in (out / "config.yaml").read_text()
+    results = json.loads((out / "results.json").read_text())
+    assert results and all(np.isfinite(row["top1"]) for row in results)
+    losses = [row["value"] for row in read_metrics(out / "pretrain" / "metrics.csv")]
+    assert losses and np.isfinite(losses).all()
+
+
 def test_report_renders_the_runs_numbers(pipeline_run, capsys):
     assert main(["report", str(pipeline_run)]) == 0  # the command a user types
     assert str(pipeline_run / "report.html") in capsys.readouterr().out

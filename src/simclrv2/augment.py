@@ -57,7 +57,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable
 from dataclasses import dataclass, fields
-from functools import partial
+from functools import partial, wraps
 from typing import Literal
 
 import torch
@@ -82,6 +82,18 @@ CropSampler = Literal["area", "tf"]
 
 
 # ----------------------------------------------------------------------------- crop and resize
+
+
+def _outside_autocast(function: Callable[..., Tensor]) -> Callable[..., Tensor]:
+    """Run ``function`` in float32 inside an autocast region too: augmentation makes the network's
+    input, which must not be rounded to bf16/fp16 on the way (training steps run under autocast)."""
+
+    @wraps(function)
+    def float32_function(*args, **kwargs) -> Tensor:
+        with torch.autocast("cpu", enabled=False), torch.autocast("cuda", enabled=False):
+            return function(*args, **kwargs)
+
+    return float32_function
 
 
 def _randint(generator: torch.Generator, high: Tensor) -> Tensor:
@@ -206,6 +218,7 @@ def _resampling_matrix(start: Tensor, length: Tensor, in_size: int, out_size: in
     return matrix.scatter_add_(2, columns, weights)
 
 
+@_outside_autocast
 def resized_crops(images: Tensor, boxes: Tensor, size: int, flip: Tensor | None = None) -> Tensor:
     """Crop each image to its box, flip it left-right where ``flip``, resize it to size x size.
 
@@ -460,6 +473,7 @@ class SimCLRAugment:
         sigma = uniform(*self.blur_sigma)
         return ViewParams(boxes, flip, jitter, order, factors, grayscale, blur, sigma)
 
+    @_outside_autocast
     def apply(self, images: Tensor, params: ViewParams) -> Tensor:
         """Render the views ``params`` describes: uint8 (N, C, H, W) -> float32 (N, C, size, size).
 
