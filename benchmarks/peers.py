@@ -250,8 +250,8 @@ def main() -> None:
     parser.add_argument("--job-out", type=Path, help=argparse.SUPPRESS)
     parser.add_argument("--job-set", nargs="*", default=[], help=argparse.SUPPRESS)
     parser.add_argument(
-        "--variant", nargs="*", default=[], metavar="KEY=VALUE",
-        help="also run simclrv2 with these overrides, e.g. runtime.channels_last=false",
+        "--variant", nargs="+", action="append", default=[], metavar="KEY=VALUE",
+        help="also run simclrv2 with these overrides, e.g. runtime.precision=bf16 (repeatable)",
     )  # fmt: skip
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
@@ -288,9 +288,9 @@ def main() -> None:
             "simclrv2": run_job(Path(sys.executable), "simclrv2", args, data, Path(scratch) / "s.pt"),
             f"lightly {version[0]}": run_job(args.lightly_python, "lightly", args, data, Path(scratch) / "l.pt"),
         }  # fmt: skip
-        if args.variant:
-            results["simclrv2 " + " ".join(args.variant)] = run_job(
-                Path(sys.executable), "simclrv2", args, data, Path(scratch) / "v.pt", args.variant
+        for index, variant in enumerate(args.variant):
+            results["simclrv2 " + " ".join(variant)] = run_job(
+                Path(sys.executable), "simclrv2", args, data, Path(scratch) / f"v{index}.pt", variant
             )
     rows = []
     for name, result in results.items():

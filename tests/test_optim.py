@@ -133,3 +133,12 @@ def test_warmup_cosine_values():
     fraction = WarmupCosine.from_warmup(1.0, 2000, warmup=0.05, unit="fraction", steps_per_epoch=7)
     assert fraction.warmup_steps == 100
     assert WarmupCosine(1.0, 10)(0) == 1.0  # no warm-up
+
+
+def test_sgd_at_momentum_zero_is_plain_gradient_descent():
+    model = nn.Linear(3, 1, bias=False)
+    before = model.weight.detach().clone()
+    opt = build_optimizer("sgd", model, lr=0.1, weight_decay=0.0, momentum=0.0)
+    model(torch.ones(1, 3)).sum().backward()  # gradient of the weights: ones
+    opt.step()
+    torch.testing.assert_close(model.weight.detach(), before - 0.1)

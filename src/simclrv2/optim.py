@@ -134,12 +134,13 @@ def build_optimizer(
     momentum: float = 0.9,
     classifiers: Iterable[nn.Module] = (),
 ) -> torch.optim.Optimizer:
-    """LARS (SimCLR's choice), SGD with Nesterov momentum, or AdamW, over :func:`parameter_groups`."""
+    """LARS (SimCLR's choice), SGD with Nesterov momentum (plain SGD at momentum 0), or AdamW,
+    over :func:`parameter_groups`."""
     groups = parameter_groups(model, weight_decay, classifiers)
     if name == "lars":
         return LARS(groups, lr=lr, momentum=momentum)
     if name == "sgd":
-        return torch.optim.SGD(groups, lr=lr, momentum=momentum, nesterov=True)
+        return torch.optim.SGD(groups, lr=lr, momentum=momentum, nesterov=momentum > 0)
     if name == "adamw":
         return torch.optim.AdamW(groups, lr=lr)
     raise UserError(f"unknown optimizer {name!r}; choose one of {', '.join(OPTIMIZERS)}")
