@@ -290,7 +290,12 @@ def main() -> None:
         }  # fmt: skip
         for index, variant in enumerate(args.variant):
             results["simclrv2 " + " ".join(variant)] = run_job(
-                Path(sys.executable), "simclrv2", args, data, Path(scratch) / f"v{index}.pt", variant
+                Path(sys.executable),
+                "simclrv2",
+                args,
+                data,
+                Path(scratch) / f"v{index}.pt",
+                variant,
             )
     rows = []
     for name, result in results.items():
