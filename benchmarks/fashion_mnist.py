@@ -16,7 +16,8 @@ stopped and started again. It prints one table (and writes ``summary.json`` and 
 under ``--out``) with each figure's exact command, wall time and the load average around it.
 
 Budgets (``--budget``): ``hour`` fits a shared 2-core CPU in about an hour at one thread (the
-figures in RESULTS.md), ``quick`` in about 15 minutes; ``preset`` runs the ``fashion-mnist``
+figures in RESULTS.md), ``long`` (4x its pretraining and distillation) in about 40 minutes on
+the quiet CPU at two threads, ``quick`` in about 15 minutes; ``preset`` runs the ``fashion-mnist``
 preset's own epochs (30 pretraining epochs of ResNet-18 0.5x: several hours on that CPU). Each
 budget's overrides are printed and recorded with the results. Two more fine-tuning runs use the
 supervised baseline's optimiser, to tell the pretrained weights' effect from the optimiser's.
@@ -64,6 +65,20 @@ BUDGETS: dict[str, dict[str, list[str]]] = {
         "finetune_10": ["finetune.epochs=30"],
         "full_supervised": ["finetune.epochs=10", "finetune.batch_size=256"],
         "distill": ["distill.epochs=3", "distill.batch_size=256"],
+    },
+    "long": {  # "hour" with 4x the pretraining and distillation: about 40 min on a quiet CPU
+        "model": ["model.arch=r18_0.25x_sk0"],
+        "model_small": ["model.arch=r18_0.125x_sk0"],
+        "pretrain": [
+            "pretrain.epochs=40",
+            "pretrain.batch_size=256",
+            "pretrain.warmup=1",
+            "pretrain.knn_every=5",
+        ],
+        "finetune_1": ["finetune.epochs=60"],
+        "finetune_10": ["finetune.epochs=30"],
+        "full_supervised": ["finetune.epochs=10", "finetune.batch_size=256"],
+        "distill": ["distill.epochs=10", "distill.batch_size=256"],
     },
     "quick": {
         "model": ["model.arch=r18_0.25x_sk0"],
