@@ -17,7 +17,9 @@ training loop, peak memory, and kNN accuracy after that budget, with the ratios.
   timing includes what the stage does besides training (building the model, a checkpoint per
   epoch, the export at the end), so it is a conservative figure.
 - kNN: weighted kNN (k = 200, tau 0.1, cosine) on h of the unaugmented images, the training
-  images as the bank, computed by the same function for both.
+  images as the bank, computed by the same function for both; ``knn_top1_init`` is the same for
+  the job's network before training (each library's own initialisation, outside the timing), to
+  tell what training added from what the initialisation gives.
 - Peak memory: the maximum resident set size of each job's process, plus that of its largest
   data-loader worker (lightly).
 
@@ -50,6 +52,7 @@ import torch
 from machine import cpu_model
 
 REPO = Path(__file__).resolve().parents[1]
+SPLITS = ("train", "test")
 LIGHTLY_PYTHON = REPO / "benchmarks" / ".venvs" / "lightly" / "bin" / "python"
 
 
@@ -114,13 +117,24 @@ def lightly_job(arrays: dict[str, np.ndarray], batch: int, epochs: int, workers:
         def forward(self, x: torch.Tensor) -> torch.Tensor:
             return self.projection_head(self.backbone(x).flatten(start_dim=1))
 
+    evaluate = torchvision.transforms.Compose(
+        [torchvision.transforms.ToTensor(), torchvision.transforms.Normalize(**IMAGENET_NORMALIZE)]
+    )
+
+    @torch.no_grad()
+    def features(images: np.ndarray) -> torch.Tensor:
+        x = torch.stack([evaluate(Image.fromarray(i.transpose(1, 2, 0))) for i in images])
+        return torch.cat([backbone(part).flatten(1) for part in x.split(512)])
+
     torch.manual_seed(0)
-    started = time.perf_counter()
     resnet = torchvision.models.resnet18()
     resnet.conv1 = nn.Conv2d(3, 64, kernel_size=3, stride=1, padding=1, bias=False)  # CIFAR stem
     resnet.maxpool = nn.Identity()
     backbone = nn.Sequential(*list(resnet.children())[:-1])
     model = SimCLR(backbone)
+    at_init = {f"{split}_features_init": features(arrays[f"{split}_images"]) for split in SPLITS}
+    started = time.perf_counter()
+    backbone.train()
     transform = SimCLRTransform(input_size=32, cj_strength=0.5, gaussian_blur=0.0)
     dataset = Images(arrays["train_images"], arrays["train_labels"], transform)
     dataloader = torch.utils.data.DataLoader(
@@ -139,18 +153,8 @@ def lightly_job(arrays: dict[str, np.ndarray], batch: int, epochs: int, workers:
             optimizer.zero_grad()
             steps += 1
     seconds = time.perf_counter() - started
-
-    evaluate = torchvision.transforms.Compose(
-        [torchvision.transforms.ToTensor(), torchvision.transforms.Normalize(**IMAGENET_NORMALIZE)]
-    )
-
-    @torch.no_grad()
-    def features(images: np.ndarray) -> torch.Tensor:
-        x = torch.stack([evaluate(Image.fromarray(i.transpose(1, 2, 0))) for i in images])
-        return torch.cat([backbone(part).flatten(1) for part in x.split(512)])
-
     backbone.eval()
-    return {
+    return at_init | {
         "seconds": seconds, "steps": steps, "loss": loss.item(), "peak_rss_MB": peak_rss_mb(),
         "train_features": features(arrays["train_images"]), "test_features": features(arrays["test_images"]),
     }  # fmt: skip
@@ -166,6 +170,7 @@ def simclrv2_job(arrays: dict[str, np.ndarray], batch: int, epochs: int, extra: 
     from simclrv2.evaluation import extract
     from simclrv2.metrics import setup_logging
     from simclrv2.runtime import resolve_runtime
+    from simclrv2.stages.common import build_stage_encoder
     from simclrv2.stages.pretrain import pretrain
 
     setup_logging(None, enabled=False)
@@ -179,16 +184,20 @@ def simclrv2_job(arrays: dict[str, np.ndarray], batch: int, epochs: int, extra: 
     )  # fmt: skip
     runtime = resolve_runtime(config.runtime)
     train = ImageDataset(torch.from_numpy(arrays["train_images"]))  # no labels: SimCLR alone
+    test = ImageDataset(torch.from_numpy(arrays["test_images"]))
+    torch.manual_seed(config.runtime.seed)  # the stage's own seeding: its initial encoder
+    initial = runtime.module(build_stage_encoder(config.model, config.model.arch, train, 32)).eval()
+    at_init = {f"{split}_features_init": extract(initial, data, runtime, 32)[0] for split, data in (("train", train), ("test", test))}  # fmt: skip
     with tempfile.TemporaryDirectory() as directory:
         started = time.perf_counter()
         result = pretrain(config, Path(directory), train, None, runtime)
         seconds = time.perf_counter() - started
     encoder = runtime.module(result.model.encoder).eval()
     steps = epochs * (len(train) // batch)
-    return {
+    return at_init | {
         "seconds": seconds, "steps": steps, "peak_rss_MB": peak_rss_mb(),
         "train_features": extract(encoder, train, runtime, 32)[0],
-        "test_features": extract(encoder, ImageDataset(torch.from_numpy(arrays["test_images"])), runtime, 32)[0],
+        "test_features": extract(encoder, test, runtime, 32)[0],
     }  # fmt: skip
 
 
@@ -227,10 +236,11 @@ def run_job(
     subprocess.run(command, env=env, check=True)
     result = torch.load(out, weights_only=True)
     arrays = load_arrays(data)
-    result["knn_top1"] = knn_top1(
-        result.pop("train_features"), torch.from_numpy(arrays["train_labels"]),
-        result.pop("test_features"), torch.from_numpy(arrays["test_labels"]),
-    )  # fmt: skip
+    for when in ("", "_init"):  # after training, and the same network before it
+        result[f"knn_top1{when}"] = knn_top1(
+            result.pop(f"train_features{when}"), torch.from_numpy(arrays["train_labels"]),
+            result.pop(f"test_features{when}"), torch.from_numpy(arrays["test_labels"]),
+        )  # fmt: skip
     result["load_before"] = load
     return result
 
@@ -307,6 +317,7 @@ def main() -> None:
                 "seconds": round(result["seconds"], 1),
                 "img_s": round(images / result["seconds"], 1),
                 "peak_rss_MB": round(result["peak_rss_MB"]),
+                "knn_top1_init": round(result["knn_top1_init"], 2),
                 "knn_top1": round(result["knn_top1"], 2),
                 "load_before": round(result["load_before"], 2),
             }
