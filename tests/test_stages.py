@@ -94,22 +94,30 @@ def _images_in(page: str, run) -> set[str]:
     return names
 
 
-def test_report_renders_a_pipeline_interrupted_in_pretraining(tiny_data, tmp_path, monkeypatch):
-    import simclrv2.training as training
+def _stop_signal_at_check(check: int, base: type) -> type:
+    """A training stop signal (subclass of ``base``) that asks to stop at its ``check``-th query:
+    an interruption at a chosen step without sending a real signal."""
 
-    class StopAtStep7(training._StopSignal):  # in epoch 2, after epoch 1's monitors
+    class StopAtCheck(base):
         calls = 0
 
         @property
         def requested(self) -> bool:
-            StopAtStep7.calls += 1
-            return StopAtStep7.calls == 7
+            StopAtCheck.calls += 1
+            return StopAtCheck.calls == check
 
         @requested.setter
         def requested(self, value: bool) -> None:
             pass
 
-    monkeypatch.setattr(training, "_StopSignal", StopAtStep7)
+    return StopAtCheck
+
+
+def test_report_renders_a_pipeline_interrupted_in_pretraining(tiny_data, tmp_path, monkeypatch):
+    import simclrv2.training as training
+
+    # in epoch 2, after epoch 1's monitors
+    monkeypatch.setattr(training, "_StopSignal", _stop_signal_at_check(7, training._StopSignal))
     run = tmp_path / "run"
     assert main(["pipeline", "--data", str(tiny_data), "--out", str(run), *TINY_OVERRIDES]) == 0
     assert not (run / "pretrain" / "model").exists()  # interrupted: checkpoints only
@@ -246,19 +254,7 @@ def test_resume_after_an_interruption_continues_the_same_loss_curve(
     ]
     assert main([*args, "--out", str(tmp_path / "whole")]) == 0
 
-    class StopAtStep5(training._StopSignal):
-        calls = 0
-
-        @property
-        def requested(self) -> bool:
-            StopAtStep5.calls += 1
-            return StopAtStep5.calls == 5
-
-        @requested.setter
-        def requested(self, value: bool) -> None:
-            pass
-
-    monkeypatch.setattr(training, "_StopSignal", StopAtStep5)
+    monkeypatch.setattr(training, "_StopSignal", _stop_signal_at_check(5, training._StopSignal))
     assert main([*args, "--out", str(tmp_path / "split")]) == 0  # interrupted: a checkpoint, exit 0
     stopped = read_metrics(tmp_path / "split" / "metrics.csv")
     assert max(r["step"] for r in stopped) < 10  # it really stopped early

@@ -224,9 +224,7 @@ def _synchronised(layer: _BatchNorm, cls: type[_BatchNorm]) -> _BatchNorm:
     sync = cls(
         layer.num_features, layer.eps, layer.momentum, layer.affine, layer.track_running_stats
     )
-    for name in ("weight", "bias"):
-        setattr(sync, name, getattr(layer, name))
-    for name in ("running_mean", "running_var", "num_batches_tracked"):
+    for name in ("weight", "bias", "running_mean", "running_var", "num_batches_tracked"):
         setattr(sync, name, getattr(layer, name))
     return sync.train(layer.training)
 

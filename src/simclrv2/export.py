@@ -34,6 +34,7 @@ from simclrv2.models import (
 
 FORMAT_VERSION = 1
 WEIGHTS, METADATA = "model.safetensors", "model.json"
+PARTS = ("encoder", "projection_head", "classifier")  # tensor-name prefixes, in this order
 
 
 @dataclass
@@ -139,7 +140,7 @@ def load_exported(directory: str | Path) -> ExportedModel:
     with torch.device("meta"):  # shapes only: a damaged description cannot allocate terabytes
         described = _described_shapes(meta, meta_path)
     stored = _stored_shapes(weights_path)
-    for prefix in ("encoder", "projection_head", "classifier"):
+    for prefix in PARTS:
         expected = {k: v for k, v in described.items() if k.startswith(prefix + ".")}
         found = {k: v for k, v in stored.items() if k.startswith(prefix + ".")}
         mismatched = sorted(
@@ -159,11 +160,7 @@ def load_exported(directory: str | Path) -> ExportedModel:
             f"{weights_path} cannot be read ({first_line(error)}); the file is corrupt or truncated"
         ) from None
     encoder, head, classifier, selector = _build(meta)
-    for prefix, module in (
-        ("encoder", encoder),
-        ("projection_head", head),
-        ("classifier", classifier),
-    ):
+    for prefix, module in zip(PARTS, (encoder, head, classifier)):
         if module is not None:
             part = {
                 k[len(prefix) + 1 :]: v for k, v in tensors.items() if k.startswith(prefix + ".")
@@ -210,7 +207,7 @@ def _build(
 def _described_shapes(meta: dict, path: Path) -> dict[str, tuple[int, ...]]:
     """Name -> shape of every tensor the description asks for (call on the meta device)."""
     try:
-        modules = zip(("encoder", "projection_head", "classifier"), _build(meta))
+        modules = zip(PARTS, _build(meta))
         return {
             f"{prefix}.{name}": tuple(tensor.shape)
             for prefix, module in modules

@@ -9,9 +9,9 @@ from torch import Tensor
 from simclrv2 import distributed
 from simclrv2.losses_tiled import tiled_contrastive_loss
 
-TILED_ABOVE = (
-    1 << 24
-)  # logits (2n x (2N + K)) above which the tiled loss is used: measured, see README
+# Logits (2n x (2N + K)) above which the tiled loss is used: past the measured crossover
+# (2N = 2048 on a CPU, benchmarks/memory.py): 2N above 4096 views in one process.
+TILED_ABOVE = 1 << 24
 
 
 def nt_xent(z1: Tensor, z2: Tensor, temperature: float, negatives: Tensor | None = None) -> Tensor:
@@ -39,9 +39,7 @@ def nt_xent(z1: Tensor, z2: Tensor, temperature: float, negatives: Tensor | None
             keys.append(F.normalize(negatives.to(dtype), dim=1))  # (K, d)
         keys = torch.cat(keys)  # (2N + K, d)
         queries = torch.cat([z1, z2])  # (2n, d)
-        own = (
-            torch.arange(n, device=z1.device) + distributed.rank() * n
-        )  # global index of each image
+        own = torch.arange(n, device=z1.device) + distributed.rank() * n  # global image index
         excluded = torch.cat([own, own + big_n])  # each view's own column: no self-pairs
         positives = torch.cat([own + big_n, own])
         if queries.shape[0] * keys.shape[0] > TILED_ABOVE:

@@ -46,7 +46,7 @@ def new_run(command: str, config: Config, out: str | None) -> Iterator[Path]:
         raise UserError(
             f"{directory} already holds a run; continue it with --resume {directory} or choose another --out"
         )
-    made = [p for p in (directory, *directory.parents) if not p.exists()]  # deepest first
+    made = _missing(directory)
     before = {p.name for p in directory.iterdir()} if directory.is_dir() else set()
     check_writable(directory)
     try:
@@ -68,7 +68,7 @@ def new_run(command: str, config: Config, out: str | None) -> Iterator[Path]:
 def check_writable(directory: Path, needed_bytes: int = MIN_FREE_BYTES) -> None:
     """Fail now, not after an hour of training, if ``directory`` cannot be created and written or
     its disk has less than ``needed_bytes`` free. On failure, directories it created are removed."""
-    created = [p for p in (directory, *directory.parents) if not p.exists()]  # deepest first
+    created = _missing(directory)
     try:
         _probe(directory, needed_bytes)
     except UserError:
@@ -94,6 +94,11 @@ def _probe(directory: Path, needed_bytes: int) -> None:
             f"only {free >> 20} MiB free on the disk of {directory}, {-(-needed_bytes >> 20)} MiB "
             "needed; free some space or choose a directory on another disk"
         )
+
+
+def _missing(directory: Path) -> list[Path]:
+    """``directory`` and its ancestors that do not exist yet, deepest first."""
+    return [p for p in (directory, *directory.parents) if not p.exists()]
 
 
 def _remove_empty(directories: list[Path]) -> None:

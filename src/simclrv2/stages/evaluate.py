@@ -29,12 +29,13 @@ def _train_test_features(
     """h and labels of the labelled training and test images (frozen encoder, evaluation crop)."""
     size = train_image_size(config.data.image_size, train)
     encoder = runtime.module(exported.encoder).eval()
-    out = []
-    for data in (train, test):
+
+    def labelled(data: ImageDataset) -> tuple[Tensor, Tensor]:
         features, labels = extract(encoder, data, runtime, size)
         known = labels >= 0
-        out += [features[known], labels[known]]
-    return out[0], out[1], out[2], out[3]
+        return features[known], labels[known]
+
+    return *labelled(train), *labelled(test)
 
 
 def linear_eval(
