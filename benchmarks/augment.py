@@ -14,6 +14,10 @@ recipe: s = 1.0, blur), random uint8 RGB inputs at the output size. Then the tim
 ``resnet18(cifar_stem=True)`` on 512 images of 32 px (a SimCLR step feeds it both views, 1024
 images, so the true share is about half of this).
 
+``--retained-heap`` gives both processes (this one and kornia's) the heap setting the library's
+runtime applies on the CPU (``runtime.retain_freed_memory``, see ``simclrv2.runtime``); without
+it both run on glibc's default heap, which returns large freed blocks to the OS.
+
 Each time is the median of ``--repeats`` calls after a warm-up, as wall time (img/s) and as this
 process's CPU time (img/CPU-s). On a machine shared with other jobs the CPU time is the steadier
 measure at one thread; with more threads it also counts the time threads spin waiting for a
@@ -26,7 +30,7 @@ Set up kornia once (it reuses the installed torch, so no CUDA build is pulled)::
 
 Run::
 
-    python benchmarks/augment.py [--threads N] [--repeats 5]
+    python benchmarks/augment.py [--threads N] [--repeats 5] [--retained-heap]
 """
 
 from __future__ import annotations
@@ -102,12 +106,15 @@ def kornia_seconds(repeats: int) -> dict[int, tuple[float, float]]:
     return seconds
 
 
-def kornia_in_its_venv(threads: int, repeats: int) -> dict[int, tuple[float, float]] | None:
+def kornia_in_its_venv(
+    threads: int, repeats: int, retained_heap: bool
+) -> dict[int, tuple[float, float]] | None:
     if not KORNIA_PYTHON.exists():
         print(f"(kornia skipped: {KORNIA_PYTHON} missing; see this script's docstring)")
         return None
     command = [str(KORNIA_PYTHON), __file__, "--kornia-worker"]
     command += ["--threads", str(threads), "--repeats", str(repeats)]
+    command += ["--retained-heap"] if retained_heap else []
     result = subprocess.run(command, capture_output=True, text=True, check=True)
     return {int(k): tuple(v) for k, v in json.loads(result.stdout.splitlines()[-1]).items()}
 
@@ -154,9 +161,14 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=torch.get_num_threads())
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--step-repeats", type=int, default=2, help="ResNet-18 steps timed")
+    parser.add_argument("--retained-heap", action="store_true", help="see the docstring")
     parser.add_argument("--kornia-worker", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
+    if args.retained_heap:
+        from simclrv2.runtime import retain_freed_memory
+
+        retain_freed_memory()
     if args.kornia_worker:
         print(json.dumps(kornia_seconds(args.repeats)))
         return
@@ -166,9 +178,10 @@ def main() -> None:
     cpu = cpu_model()
     print(
         f"{datetime.datetime.now():%Y-%m-%d %H:%M}, {cpu}, {os.cpu_count()} cores, "
-        f"torch {torch.__version__}, {args.threads} threads, load average {os.getloadavg()[0]:.2f}"
+        f"torch {torch.__version__}, {args.threads} threads, load average {os.getloadavg()[0]:.2f}, "
+        f"{'retained' if args.retained_heap else 'default'} heap"
     )
-    kornia = kornia_in_its_venv(args.threads, args.repeats)
+    kornia = kornia_in_its_venv(args.threads, args.repeats, args.retained_heap)
     rows = []
     for size, batch in CASES:
         measured = simclrv2_seconds(size, batch, args.repeats)

@@ -138,6 +138,9 @@ class RuntimeConfig:
     precision: Literal["auto", "fp32", "bf16"] = "auto"  # auto: bf16 autocast on CUDA, fp32 on CPU
     channels_last: bool = True
     compile: bool = False  # torch.compile the encoder
+    # CPU: keep freed memory in the process heap (glibc) instead of returning each large block to
+    # the OS, whose fresh pages then fault one by one on reuse; 1.2-1.5x faster CPU steps.
+    retain_freed_memory: bool = True
 
 
 @dataclass
