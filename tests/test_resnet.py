@@ -109,19 +109,37 @@ def test_forward_shapes_and_named_features(kwargs, size, dim):
     assert features["block_group4"].shape[-1] == -(-size // (stride * 8))
 
 
-def test_no_conv_bias_and_zero_init_last_bn_of_each_branch():
-    for encoder in [resnet18(width=0.25), resnet50(width=0.125, sk_ratio=0.0625)]:
+@pytest.mark.parametrize("zero_init_residual", [True, False])
+def test_no_conv_bias_and_zero_init_last_bn_of_each_branch(zero_init_residual):
+    for build, kwargs in [(resnet18, {"width": 0.25}), (resnet50, {"width": 0.125, "sk_ratio": 0.0625})]:  # fmt: skip
+        encoder = build(**kwargs, zero_init_residual=zero_init_residual)
         convs = [m for m in encoder.modules() if isinstance(m, nn.Conv2d)]
         assert convs and all(c.bias is None for c in convs)
         blocks = [m for m in encoder.modules() if hasattr(m, "branch")]
         assert len(blocks) == sum(
             len(g) for g in (encoder.layer1, encoder.layer2, encoder.layer3, encoder.layer4)
         )
+        last_bns = set()
         for block in blocks:
             last_bn = [m for m in block.branch.modules() if isinstance(m, nn.BatchNorm2d)][-1]
-            assert torch.all(last_bn.weight == 0)
-        other_bns = [m for m in encoder.stem_bn.modules() if isinstance(m, nn.BatchNorm2d)]
-        assert all(torch.all(bn.weight == 1) for bn in other_bns)
+            assert torch.all(last_bn.weight == (0.0 if zero_init_residual else 1.0))
+            last_bns.add(last_bn)
+        other_bns = [m for m in encoder.modules() if isinstance(m, nn.BatchNorm2d) and m not in last_bns]  # fmt: skip
+        assert other_bns and all(torch.all(bn.weight == 1) for bn in other_bns)
+
+
+def test_the_config_key_zero_init_residual_reaches_the_stage_encoder():
+    from simclrv2.config import load_config
+    from simclrv2.data import ImageDataset
+    from simclrv2.stages.common import build_stage_encoder
+
+    data = ImageDataset(torch.zeros(2, 1, 28, 28, dtype=torch.uint8))
+    gammas = {}
+    for value in ("true", "false"):
+        config = load_config("fashion-mnist", overrides=[f"model.zero_init_residual={value}"])
+        encoder = build_stage_encoder(config.model, "r18_0.125x_sk0", data, 28)
+        gammas[value] = encoder.layer1[0].branch[-1][0].weight
+    assert torch.all(gammas["true"] == 0) and torch.all(gammas["false"] == 1)
 
 
 def test_sk_uses_resnet_d_stem_and_shortcuts():

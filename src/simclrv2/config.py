@@ -31,6 +31,8 @@ class ModelConfig:
     cifar_stem: bool | None = (
         None  # None: the CIFAR stem for inputs of 32 px or less (authors' rule)
     )
+    # the last BN of each residual branch starts at gamma 0 (authors); false: 1 (torchvision)
+    zero_init_residual: bool = True
 
 
 @dataclass

@@ -52,13 +52,13 @@ def conv(in_ch: int, out_ch: int, kernel: int, stride: int = 1) -> nn.Conv2d:
 
 
 class BatchNormReLU(nn.Sequential):
-    """BatchNorm (eps 1e-5, momentum 0.1 = TF decay 0.9), then ReLU unless ``relu=False``."""
+    """BatchNorm (eps 1e-5, momentum 0.1 = TF decay 0.9), then ReLU unless ``relu=False``.
+    ``ends_branch`` marks the last BN of a residual branch (see :meth:`ResNet.reset_parameters`)."""
 
-    def __init__(self, channels: int, relu: bool = True, zero_init: bool = False) -> None:
+    def __init__(self, channels: int, relu: bool = True, ends_branch: bool = False) -> None:
         bn = nn.BatchNorm2d(channels)
-        if zero_init:  # last BN of a residual branch starts at gamma = 0 (authors' init_zero)
-            nn.init.zeros_(bn.weight)
         super().__init__(bn, nn.ReLU(inplace=True)) if relu else super().__init__(bn)
+        self.ends_branch = ends_branch
 
 
 class TFSameMaxPool(nn.Module):
@@ -142,7 +142,7 @@ class BasicBlock(nn.Module):
             conv(in_ch, filters, 3, stride),
             BatchNormReLU(filters),
             conv(filters, filters, 3),
-            BatchNormReLU(filters, relu=False, zero_init=True),
+            BatchNormReLU(filters, relu=False, ends_branch=True),
         )
 
     def forward(self, x: Tensor) -> Tensor:
@@ -170,7 +170,7 @@ class Bottleneck(nn.Module):
             BatchNormReLU(filters),
             middle,
             conv(filters, out_ch, 1),
-            BatchNormReLU(out_ch, relu=False, zero_init=True),
+            BatchNormReLU(out_ch, relu=False, ends_branch=True),
         )
 
     def forward(self, x: Tensor) -> Tensor:
@@ -190,9 +190,14 @@ class ResNetSpec:
 
 
 class ResNet(nn.Module):
-    """ResNet encoder f: image batch (N, C, H, W) in [0, 1] -> representation h (N, ``out_dim``)."""
+    """ResNet encoder f: image batch (N, C, H, W) in [0, 1] -> representation h (N, ``out_dim``).
 
-    def __init__(self, spec: ResNetSpec) -> None:
+    ``zero_init_residual`` (an initialisation, not part of the architecture): the last BN of each
+    residual branch starts at gamma = 0, as the authors' ``init_zero``; False starts it at 1, as
+    torchvision's default (a deviation from SPEC: ``model.zero_init_residual=false``).
+    """
+
+    def __init__(self, spec: ResNetSpec, zero_init_residual: bool = True) -> None:
         super().__init__()
         if spec.depth not in DEPTHS:
             raise UserError(f"unknown ResNet depth {spec.depth}; choose one of {sorted(DEPTHS)}")
@@ -236,15 +241,19 @@ class ResNet(nn.Module):
             groups.append(nn.Sequential(*layers))
         self.layer1, self.layer2, self.layer3, self.layer4 = groups
         self.out_dim = in_ch
-        self.reset_parameters()
+        self.reset_parameters(zero_init_residual)
 
-    def reset_parameters(self) -> None:
-        """TF's VarianceScaling(1.0, fan_in, truncated normal) for convs; BN gamma 1 (0 where zero_init)."""
+    def reset_parameters(self, zero_init_residual: bool = True) -> None:
+        """TF's VarianceScaling(1.0, fan_in, truncated normal) for convs; BN gamma 1, except 0 at
+        the end of each residual branch when ``zero_init_residual``; BN beta 0."""
         for m in self.modules():
             if isinstance(m, nn.Conv2d):
                 fan_in = m.in_channels // m.groups * m.kernel_size[0] * m.kernel_size[1]
                 std = math.sqrt(1.0 / fan_in) / 0.87962566103423978  # std of N(0,1) truncated at 2
                 nn.init.trunc_normal_(m.weight, std=std, a=-2 * std, b=2 * std)
+            elif isinstance(m, BatchNormReLU):
+                nn.init.constant_(m[0].weight, 0.0 if m.ends_branch and zero_init_residual else 1.0)
+                nn.init.zeros_(m[0].bias)
 
     def features(self, x: Tensor) -> dict[str, Tensor]:
         """Intermediate maps under the authors' graph names, ending with h as ``final_avg_pool``."""
@@ -300,20 +309,29 @@ def arch_name(spec: ResNetSpec) -> str:
 
 
 def build_encoder(
-    name: str, image_size: int | None = None, in_channels: int = 3, cifar_stem: bool | None = None
+    name: str,
+    image_size: int | None = None,
+    in_channels: int = 3,
+    cifar_stem: bool | None = None,
+    zero_init_residual: bool = True,
 ) -> ResNet:
     """Build an encoder by name. The CIFAR stem is used when ``cifar_stem`` says so, or, when it
     is None, for inputs of 32 px or less (the authors' rule)."""
     if cifar_stem is None:
         cifar_stem = image_size is not None and image_size <= 32
-    return ResNet(parse_arch(name, cifar_stem, in_channels))
+    return ResNet(parse_arch(name, cifar_stem, in_channels), zero_init_residual)
 
 
 def _constructor(depth: int):
     def build(
-        width: float = 1.0, sk_ratio: float = 0.0, cifar_stem: bool = False, in_channels: int = 3
+        width: float = 1.0,
+        sk_ratio: float = 0.0,
+        cifar_stem: bool = False,
+        in_channels: int = 3,
+        zero_init_residual: bool = True,
     ) -> ResNet:
-        return ResNet(ResNetSpec(depth, width, sk_ratio, cifar_stem, in_channels))
+        spec = ResNetSpec(depth, width, sk_ratio, cifar_stem, in_channels)
+        return ResNet(spec, zero_init_residual)
 
     build.__name__ = build.__qualname__ = f"resnet{depth}"
     build.__doc__ = f"ResNet-{depth} encoder, e.g. ``resnet{depth}(width=2, sk_ratio=0.0625)``."

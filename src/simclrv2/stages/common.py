@@ -121,7 +121,7 @@ def load_split(settings: DataConfig, split: str) -> ImageDataset:
 def build_stage_encoder(
     settings: ModelConfig, arch: str, data: ImageDataset, image_size: int
 ) -> ResNet:
-    """An encoder ``arch`` for these images: their channels, and the configured stem choice."""
+    """An encoder ``arch`` for these images: their channels, the configured stem and init."""
     return build_encoder(
-        arch, image_size=image_size, in_channels=data.channels, cifar_stem=settings.cifar_stem
+        arch, image_size, data.channels, settings.cifar_stem, settings.zero_init_residual
     )
