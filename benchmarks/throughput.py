@@ -5,7 +5,8 @@ The step is the library's own (what ``simclrv2 pretrain`` runs, less the data lo
 two views of a uint8 batch by ``SimCLRAugment.reference`` (CIFAR-10 recipe at 32 px, ImageNet
 recipe with blur at 224 px), the encoder and the 3-layer projection head on both views at once,
 ``nt_xent``, backward, and the LARS optimiser over the library's parameter groups, through the
-``Runtime`` a run resolves (channels_last; bf16 autocast on CUDA, fp32 on the CPU).
+``Runtime`` a run resolves (channels_last; bf16 autocast where the device has native bf16, as
+this CPU and CUDA GPUs, else fp32; ``--precision`` overrides it).
 
 Cases: ResNet-18 at widths 0.25 and 1 at 32 px (CIFAR stem, the authors' rule for 32 px), and
 ResNet-50 at 224 px (standard stem) with a small batch. For each:
@@ -18,7 +19,7 @@ ResNet-50 at 224 px (standard stem) with a small batch. For each:
 - ``step_GFLOP_s``: those FLOPs over the whole step's time;
 - ``bare_GFLOP_s``: a bare forward + backward of the same encoder on the same number of
   random float views (no augmentation, head, loss or optimiser), its FLOPs over its time;
-- ``matmul_GFLOP_s``: a square matrix product (4096 fp32 on the CPU), the machine's dense peak
+- ``matmul_GFLOP_s``: a square 4096 matrix product in the step's precision, the machine's dense peak
   as PyTorch reaches it;
 - ``of_bare``, ``of_matmul``: step_GFLOP_s over those two.
 
@@ -160,11 +161,11 @@ def bare_encoder(arch: str, size: int, views: int, runtime, repeats: int) -> tup
     return counted_flops(step), median_seconds(step, repeats, runtime.device)
 
 
-def measure(device: str, repeats: int) -> list[dict]:
+def measure(device: str, precision: str, repeats: int) -> list[dict]:
     from simclrv2.config import RuntimeConfig
     from simclrv2.runtime import resolve_runtime
 
-    runtime = resolve_runtime(RuntimeConfig(device=device))
+    runtime = resolve_runtime(RuntimeConfig(device=device, precision=precision))
     dtype = runtime.autocast_dtype or torch.float32
     matmul = matmul_flops_per_s(runtime.device, dtype, repeats)
     rows = []
@@ -181,6 +182,7 @@ def measure(device: str, repeats: int) -> list[dict]:
         rows.append(
             {
                 "device": runtime.device.type,
+                "precision": "bf16" if runtime.autocast_dtype else "fp32",
                 "model": arch,
                 "px": size,
                 "batch": batch,
@@ -202,6 +204,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--threads", type=int, default=torch.get_num_threads())
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--precision", choices=("auto", "fp32", "bf16"), default="auto")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
 
@@ -215,7 +218,7 @@ def main() -> None:
     )
     devices = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
     for device in devices:
-        rows = measure(device, args.repeats)
+        rows = measure(device, args.precision, args.repeats)
         print(f"\n{device}:\n" + format_table(rows, markdown=True))
     print(f"\nload average at the end: {os.getloadavg()[0]:.2f}")
 

@@ -137,7 +137,8 @@ class LinearEvalConfig:
 class RuntimeConfig:
     seed: int = 0
     device: str = "auto"  # auto: CUDA when present, else CPU
-    precision: Literal["auto", "fp32", "bf16"] = "auto"  # auto: bf16 autocast on CUDA, fp32 on CPU
+    # auto: bf16 autocast where the device has native bf16 (CUDA; CPUs with AVX512-BF16 or AMX)
+    precision: Literal["auto", "fp32", "bf16"] = "auto"
     channels_last: bool = True
     compile: bool = False  # torch.compile the encoder
     # CPU: keep freed memory in the process heap (glibc) instead of returning each large block to

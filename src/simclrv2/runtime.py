@@ -1,8 +1,9 @@
 """Where and how tensors run: device, autocast precision and memory format, from one config.
 
-CUDA gets bf16 autocast and channels_last; the CPU runs fp32 by default (bf16 autocast on CPU is
-about 2x faster for small ResNets but its gradients differ more from fp32, so it is opt-in with
-``runtime.precision=bf16``; ``benchmarks/precision.py``). The same code path serves both devices.
+Precision ``auto`` takes bf16 autocast wherever the device computes bf16 natively (CUDA GPUs with
+bf16; CPUs with AVX512-BF16 or AMX, where it is about 2x fp32 for ResNets and, in
+``benchmarks/peers.py``, reached the same kNN accuracy as fp32), else fp32; channels_last by
+default. The loss stays fp32. The same code path serves both devices.
 Under torchrun each process takes the GPU of its LOCAL_RANK. ``runtime.compile`` compiles the
 modules in place (``nn.Module.compile``), so their state-dict names stay those of the modules.
 
@@ -81,6 +82,17 @@ def retain_freed_memory() -> bool:
     )
 
 
+def native_bf16(device: torch.device) -> bool:
+    """Whether the device computes in bf16 natively, where bf16 autocast is the faster choice: a
+    CUDA GPU with bf16, or a CPU with AVX512-BF16 or AMX (about 2x fp32 for ResNets here)."""
+    if device.type == "cuda":
+        return torch.cuda.is_bf16_supported()
+    if device.type != "cpu":
+        return False
+    checks = ("_is_avx512_bf16_supported", "_is_amx_tile_supported")  # in torch.cpu since 2.1
+    return any(getattr(torch.cpu, name)() for name in checks if hasattr(torch.cpu, name))
+
+
 def resolve_runtime(config: RuntimeConfig) -> Runtime:
     if config.device == "auto":
         device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -99,7 +111,7 @@ def resolve_runtime(config: RuntimeConfig) -> Runtime:
         device = torch.device("cuda", distributed.local_rank())
     precision = config.precision
     if precision == "auto":
-        precision = "bf16" if device.type == "cuda" and torch.cuda.is_bf16_supported() else "fp32"
+        precision = "bf16" if native_bf16(device) else "fp32"
     dtype = torch.bfloat16 if precision == "bf16" else None
     if device.type == "cpu" and config.retain_freed_memory:
         retain_freed_memory()
