@@ -141,8 +141,8 @@ class RuntimeConfig:
     precision: Literal["auto", "fp32", "bf16"] = "auto"
     channels_last: bool = True
     compile: bool = False  # torch.compile the encoder
-    # CPU: keep freed memory in the process heap (glibc) instead of returning each large block to
-    # the OS, whose fresh pages then fault one by one on reuse; 1.2-1.5x faster CPU steps.
+    # CPU: serve every block from the process heap (glibc) and keep freed ones there, instead of
+    # fresh pages that fault one by one; 1.23-1.27x faster ResNet-18 steps (benchmarks/heap.py)
     retain_freed_memory: bool = True
 
 

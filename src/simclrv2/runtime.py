@@ -9,9 +9,9 @@ modules in place (``nn.Module.compile``), so their state-dict names stay those o
 
 On the CPU, PyTorch takes every tensor from the C heap. glibc serves blocks above 128 kB with
 fresh pages from the OS and gives them back when freed, so each new activation, gradient or view
-of a step costs a page fault per 4 kB (about a third of a CPU step on a 2-core VM).
-``runtime.retain_freed_memory`` (default on) raises glibc's thresholds so freed blocks stay in the
-heap for the next step, the effect of the jemalloc/tcmalloc preload PyTorch's CPU tuning guide
+of a step costs a page fault per 4 kB (a fifth of a ResNet-18 step on this project's 2-core VM).
+``runtime.retain_freed_memory`` (default on) makes glibc serve every block from its heap and keep
+freed ones there for the next step, the effect of the jemalloc/tcmalloc preload PyTorch's CPU tuning guide
 recommends, without one. The process keeps its peak memory until it exits.
 """
 
@@ -63,23 +63,22 @@ class Runtime:
         return torch.Generator(self.device).manual_seed(seed)
 
 
-# glibc's mallopt parameters and the largest values it accepts on 64-bit systems
-M_TRIM_THRESHOLD, M_MMAP_THRESHOLD = -1, -3
-MAX_MMAP_THRESHOLD, TRIM_THRESHOLD = 32 * 2**20, 2**30  # bytes
+# glibc's mallopt parameters, and what the runtime sets them to
+M_TRIM_THRESHOLD, M_MMAP_MAX = -1, -4
+TRIM_THRESHOLD = 2**30  # bytes of free memory at the top of the heap kept rather than returned
 
 
 @functools.cache
 def retain_freed_memory() -> bool:
     """Make this process's glibc heap keep freed blocks for reuse (see the module docstring):
-    blocks up to 32 MB come from the heap, and up to 1 GB of free heap is kept. Once per process;
+    every block comes from the heap, none from a fresh mapping (glibc would map anything over
+    32 MB afresh whatever its threshold), and up to 1 GB of free heap is kept. Once per process;
     False where the C library is not glibc (the setting is then a no-op)."""
     library = ctypes.util.find_library("c")
     mallopt = getattr(ctypes.CDLL(library), "mallopt", None) if library else None
     if mallopt is None:
         return False
-    return bool(
-        mallopt(M_MMAP_THRESHOLD, MAX_MMAP_THRESHOLD) and mallopt(M_TRIM_THRESHOLD, TRIM_THRESHOLD)
-    )
+    return bool(mallopt(M_MMAP_MAX, 0) and mallopt(M_TRIM_THRESHOLD, TRIM_THRESHOLD))
 
 
 def native_bf16(device: torch.device) -> bool:
