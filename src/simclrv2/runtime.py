@@ -11,8 +11,8 @@ On the CPU, PyTorch takes every tensor from the C heap. glibc serves blocks abov
 fresh pages from the OS and gives them back when freed, so each new activation, gradient or view
 of a step costs a page fault per 4 kB (a fifth of a ResNet-18 step on this project's 2-core VM).
 ``runtime.retain_freed_memory`` (default on) makes glibc serve every block from its heap and keep
-freed ones there for the next step, the effect of the jemalloc/tcmalloc preload PyTorch's CPU tuning guide
-recommends, without one. The process keeps its peak memory until it exits.
+freed ones there for the next step: the effect of the jemalloc/tcmalloc preload that PyTorch's
+CPU tuning guide recommends, without one. The process keeps its peak memory until it exits.
 """
 
 from __future__ import annotations
