@@ -16,10 +16,10 @@ training loop, peak memory, and kNN accuracy after that budget, with the ratios.
   ``model.arch=r18_1x_sk0 model.head_layers=2``, and the learning rate of the library's
   short-budget ``demo`` preset, LARS 3.0*B/256 (the authors' 1.0*B/256 is for 1,000 epochs; the
   demo's sweep found 3.0 better than 0.3, 1.0 and 10; ``--variant pretrain.base_lr=1.0`` runs
-  the authors'), at the runtime's defaults (bf16 autocast where
-  the CPU has native bf16, the retained heap), on the same images without their labels; its
-  timing includes what the stage does besides training (building the model, a checkpoint per
-  epoch, the export at the end), so it is a conservative figure.
+  the authors'), at the runtime's defaults (bf16 autocast where the CPU has native bf16, the
+  retained heap), on the same images without their labels; its timing includes what the stage
+  does besides training (building the model, a checkpoint per epoch, the export at the end), so
+  it is a conservative figure.
 - kNN: weighted kNN (k = 200, tau 0.1, cosine) on h of the unaugmented images, the training
   images as the bank, computed by the same function for both; ``knn_top1_init`` is the same for
   the job's network before training (each library's own initialisation, outside the timing), to
@@ -191,7 +191,8 @@ def simclrv2_job(
         overrides=[
             "model.arch=r18_1x_sk0", "model.head_layers=2", "data.image_size=32",
             f"pretrain.batch_size={batch}", f"pretrain.epochs={epochs}", "pretrain.warmup=0.1",
-            "pretrain.warmup_unit=fraction", "pretrain.base_lr=3.0", "runtime.device=cpu", f"runtime.seed={seed}", *extra,
+            "pretrain.warmup_unit=fraction", "pretrain.base_lr=3.0", "runtime.device=cpu",
+            f"runtime.seed={seed}", *extra,
         ],
     )  # fmt: skip
     runtime = resolve_runtime(config.runtime)
