@@ -244,7 +244,7 @@ def run_job(
     }  # fmt: skip
     out = data.with_name("job.pt")
     command = [str(python), __file__, "--job", name, "--job-data", str(data), "--job-out", str(out)]
-    command += ["--threads", str(args.threads), "--batch", str(args.batch), "--seeds", str(seed)]
+    command += ["--job-seed", str(seed), "--threads", str(args.threads), "--batch", str(args.batch)]
     command += ["--epochs", str(args.epochs), "--workers", str(args.workers)]
     command += ["--job-set", *extra] if extra else []
     load = os.getloadavg()[0]
@@ -293,6 +293,7 @@ def main() -> None:
     parser.add_argument("--job", choices=("simclrv2", "lightly"), help=argparse.SUPPRESS)
     parser.add_argument("--job-data", type=Path, help=argparse.SUPPRESS)
     parser.add_argument("--job-out", type=Path, help=argparse.SUPPRESS)
+    parser.add_argument("--job-seed", type=int, help=argparse.SUPPRESS)
     parser.add_argument("--job-set", nargs="*", default=[], help=argparse.SUPPRESS)
     parser.add_argument(
         "--variant", nargs="+", action="append", default=[], metavar="KEY=VALUE",
@@ -304,9 +305,9 @@ def main() -> None:
     if args.job:  # inside one job's process
         arrays = load_arrays(args.job_data)
         if args.job == "lightly":
-            result = lightly_job(arrays, args.batch, args.epochs, args.workers, args.seeds[0])
+            result = lightly_job(arrays, args.batch, args.epochs, args.workers, args.job_seed)
         else:
-            result = simclrv2_job(arrays, args.batch, args.epochs, args.seeds[0], args.job_set)
+            result = simclrv2_job(arrays, args.batch, args.epochs, args.job_seed, args.job_set)
         torch.save(result, args.job_out)
         return
 

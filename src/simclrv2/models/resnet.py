@@ -241,18 +241,20 @@ class ResNet(nn.Module):
             groups.append(nn.Sequential(*layers))
         self.layer1, self.layer2, self.layer3, self.layer4 = groups
         self.out_dim = in_ch
-        self.reset_parameters(zero_init_residual)
+        self.zero_init_residual = zero_init_residual
+        self.reset_parameters()
 
-    def reset_parameters(self, zero_init_residual: bool = True) -> None:
+    def reset_parameters(self) -> None:
         """TF's VarianceScaling(1.0, fan_in, truncated normal) for convs; BN gamma 1, except 0 at
-        the end of each residual branch when ``zero_init_residual``; BN beta 0."""
+        the end of each residual branch when ``self.zero_init_residual``; BN beta 0."""
         for m in self.modules():
             if isinstance(m, nn.Conv2d):
                 fan_in = m.in_channels // m.groups * m.kernel_size[0] * m.kernel_size[1]
                 std = math.sqrt(1.0 / fan_in) / 0.87962566103423978  # std of N(0,1) truncated at 2
                 nn.init.trunc_normal_(m.weight, std=std, a=-2 * std, b=2 * std)
             elif isinstance(m, BatchNormReLU):
-                nn.init.constant_(m[0].weight, 0.0 if m.ends_branch and zero_init_residual else 1.0)
+                gamma = 0.0 if m.ends_branch and self.zero_init_residual else 1.0
+                nn.init.constant_(m[0].weight, gamma)
                 nn.init.zeros_(m[0].bias)
 
     def features(self, x: Tensor) -> dict[str, Tensor]:
