@@ -21,11 +21,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from simclrv2.convert import crc32c
 from simclrv2.convert.tensorbundle import shard_path, write_bundle
 from simclrv2.convert.tf_simclr import convert, tf1_names
 from simclrv2.export import ExportedModel
 from simclrv2.models import LinearClassifier, ProjectionHead, ResNet, parse_arch
+from simclrv2.tfio import crc32c
 
 
 def build_release(arch: str, prefix: Path, seed: int = 0) -> int:

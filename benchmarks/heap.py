@@ -33,11 +33,11 @@ CASES = [(arch, precision) for arch in ("r18_1x_sk0", "r18_0.25x_sk0") for preci
 
 def worker(arch: str, precision: str, retained: bool, images: int, steps: int) -> dict:
     """Best seconds per step over ``steps`` steps after one warm-up, and faults per step."""
+    from simclrv2.build import contrastive_model
     from simclrv2.config import load_config
     from simclrv2.data import ImageDataset
     from simclrv2.losses import nt_xent
     from simclrv2.runtime import Runtime, retain_freed_memory
-    from simclrv2.stages.pretrain import build_contrastive_model
 
     if retained:
         retain_freed_memory()
@@ -45,7 +45,7 @@ def worker(arch: str, precision: str, retained: bool, images: int, steps: int) -
     runtime = Runtime(torch.device("cpu"), torch.bfloat16 if precision == "bf16" else None, True)
     torch.manual_seed(0)
     blank = ImageDataset(torch.zeros(1, 3, 32, 32, dtype=torch.uint8))
-    model = runtime.module(build_contrastive_model(config, blank, 32))
+    model = runtime.module(contrastive_model(config, blank))
     optimizer = torch.optim.SGD(model.parameters(), lr=0.01)
     views = torch.rand(2 * images, 3, 32, 32, generator=torch.Generator().manual_seed(0))
 

@@ -35,7 +35,7 @@ from simclrv2.data.idx import write_idx  # noqa: E402
 from simclrv2.models import build_encoder  # noqa: E402
 
 TINY = ["model.arch=r18_0.125x_sk0", "pretrain.batch_size=16", "pretrain.epochs=50",
-        "pretrain.knn_k=5", "runtime.device=cpu"]  # fmt: skip
+        "knn.k=5", "runtime.device=cpu"]  # fmt: skip
 
 
 def sigterm(out: Path, args: list[str]) -> tuple[float, float]:

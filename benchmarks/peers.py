@@ -177,12 +177,12 @@ def lightly_job(
 def simclrv2_job(
     arrays: dict[str, np.ndarray], batch: int, epochs: int, seed: int, extra: list[str]
 ) -> dict:
+    from simclrv2.build import encoder as stage_encoder
     from simclrv2.config import load_config
     from simclrv2.data import ImageDataset
     from simclrv2.evaluation import extract
     from simclrv2.metrics import setup_logging
     from simclrv2.runtime import resolve_runtime
-    from simclrv2.stages.common import build_stage_encoder
     from simclrv2.stages.pretrain import pretrain
 
     setup_logging(None, enabled=False)
@@ -199,7 +199,7 @@ def simclrv2_job(
     train = ImageDataset(torch.from_numpy(arrays["train_images"]))  # no labels: SimCLR alone
     test = ImageDataset(torch.from_numpy(arrays["test_images"]))
     torch.manual_seed(config.runtime.seed)  # the stage's own seeding: its initial encoder
-    initial = runtime.module(build_stage_encoder(config.model, config.model.arch, train, 32)).eval()
+    initial = runtime.module(stage_encoder(config.model, config.model.arch, train)).eval()
     at_init = {f"{split}_features_init": extract(initial, data, runtime, 32)[0] for split, data in (("train", train), ("test", test))}  # fmt: skip
     with tempfile.TemporaryDirectory() as directory:
         started = time.perf_counter()

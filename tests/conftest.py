@@ -25,7 +25,7 @@ def simclr_tf(shared_dir) -> Path:
 
 TINY_OVERRIDES = [
     "model.arch=r18_0.125x_sk0", "model.cifar_stem=false", "runtime.channels_last=false",
-    "pretrain.epochs=2", "pretrain.batch_size=32", "pretrain.warmup=0", "pretrain.knn_every=1", "pretrain.knn_k=20",
+    "pretrain.epochs=2", "pretrain.batch_size=32", "pretrain.warmup=0", "pretrain.knn_every=1", "knn.k=20",
     "finetune.epochs=2", "finetune.batch_size=16", "finetune.label_fractions=[0.1]",
     "distill.epochs=1", "distill.batch_size=32", "distill.warmup=0",
 ]  # fmt: skip

@@ -29,7 +29,7 @@ def test_round_trip_and_pruning(tmp_path):
     state = load_latest(tmp_path)
     assert torch.equal(state["weights"], torch.full((3, 3), 3.0))
     assert state["position"] == {"epoch": 1, "step": 3}
-    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".tmp")]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["step-00000002", "step-00000003"]
 
 
 def test_no_checkpoint_is_none(tmp_path):

@@ -25,8 +25,7 @@ from simclrv2.data import ImageDataset
 from simclrv2.errors import UserError
 from simclrv2.optim import WarmupCosine
 from simclrv2.runtime import resolve_runtime
-from simclrv2.stages.common import open_stage
-from simclrv2.training import fit
+from simclrv2.training import Stage, fit
 from tiny_runs import newest_step, pretrain_args, write_tiny_idx
 
 SHORT = {"pretrain.epochs": 1}  # 4 steps, a checkpoint after each
@@ -153,7 +152,7 @@ def test_weights_gone_non_finite_are_never_checkpointed(tmp_path):
     """A step whose loss is finite but whose update breaks a weight (here a buffer) stops the run
     before that checkpoint is written."""
     runtime = resolve_runtime(RuntimeConfig(device="cpu", channels_last=False))
-    stage = open_stage("pretrain", tmp_path, runtime, seed=0)
+    stage = Stage.open("pretrain", tmp_path, runtime, seed=0)
     model = nn.Linear(1, 1)
     model.register_buffer("statistic", torch.zeros(1))
     steps = []

@@ -22,7 +22,7 @@ def test_presets_carry_the_papers_numbers():
         v2.pretrain.weight_decay,
         v2.pretrain.temperature,
         v2.model.head_layers,
-        v2.model.head_selector,
+        v2.model.head_input,
     ) == (1e-4, 0.1, 3, 1)
     assert (v2.pretrain.warmup, v2.pretrain.warmup_unit) == (0.05, "fraction")
     assert (
@@ -36,7 +36,7 @@ def test_presets_carry_the_papers_numbers():
         0.5,
         False,
     )
-    assert (v1.model.head_layers, v1.model.head_selector, v1.data.image_size) == (2, 0, 32)
+    assert (v1.model.head_layers, v1.model.head_input, v1.data.image_size) == (2, 0, 32)
 
 
 def test_overrides_convert_types():
@@ -66,6 +66,9 @@ def test_overrides_convert_types():
         ("finetune.label_fractions=[0.01,2]", "each must be in (0, 1]"),
         ("nonsense", "is not key=value"),
         ("augment.crop_min_area=0", "must be in (0, 1]"),
+        ("pretrain.chunk_size=-1", "must be >= 0"),
+        ("distill.base_lr=-0.1", "must be >= 0"),
+        ("knn.k=0", "must be positive"),
     ],
 )
 def test_bad_overrides_are_one_line_errors(override, message):

@@ -7,7 +7,6 @@ import torch
 
 from simclrv2 import load_exported
 from simclrv2.cli import main
-from simclrv2.convert import protowire
 from simclrv2.convert.tensorbundle import (
     OBJECT_GRAPH_KEY,
     TensorBundle,
@@ -15,10 +14,11 @@ from simclrv2.convert.tensorbundle import (
     shard_path,
     write_bundle,
 )
-from simclrv2.convert.tf_simclr import convert, plan_conversion, selector_rule, tf1_names
+from simclrv2.convert.tf_simclr import convert, head_input_rule, plan_conversion, tf1_names
 from simclrv2.errors import UserError
 from simclrv2.export import ExportedModel
 from simclrv2.models import PAPER_PARAMS_M, LinearClassifier, ProjectionHead, ResNet, parse_arch
+from simclrv2.tfio import protowire
 
 SOURCES = {"tf1": "tf1/ckpt", "tf2": "tf2/ckpt", "savedmodel": "tf2_savedmodel"}
 OUTPUTS = {"tf1": "tf1", "tf2": "tf2", "savedmodel": "tf2"}  # folder of the stored TF outputs
@@ -71,7 +71,7 @@ def test_tf1_intermediate_maps_match(simclr_tf, tmp_path):
 def test_tf1_supervised_head_on_both_inputs(simclr_tf, tmp_path, selector, stored):
     convert(simclr_tf / SOURCES["tf1"], tmp_path / "out", head_input=selector)
     model = load_exported(tmp_path / "out")
-    assert model.selector == selector
+    assert model.head_input == selector
     classifier = model.classifier_model().eval()
     tf_h = torch.from_numpy(np.load(simclr_tf / "tf1" / "final_avg_pool.npy"))
     reference = np.load(simclr_tf / "tf1" / f"{stored}.npy")
@@ -85,15 +85,15 @@ def test_tf1_supervised_head_on_both_inputs(simclr_tf, tmp_path, selector, store
 
 
 def test_head_input_rule_comes_from_the_release_folder(simclr_tf, tmp_path):
-    assert selector_rule("ckpts/finetuned_10pct/r50_1x_sk1")[0] == 1
-    assert selector_rule("ckpts/finetuned_1pct/r152_3x_sk1/")[0] == 1
-    assert selector_rule("ckpts/finetuned_100pct/r50_1x_sk1")[0] == 0
-    assert selector_rule("ckpts/pretrained/r50_1x_sk1")[0] == 0
+    assert head_input_rule("ckpts/finetuned_10pct/r50_1x_sk1")[0] == 1
+    assert head_input_rule("ckpts/finetuned_1pct/r152_3x_sk1/")[0] == 1
+    assert head_input_rule("ckpts/finetuned_100pct/r50_1x_sk1")[0] == 0
+    assert head_input_rule("ckpts/pretrained/r50_1x_sk1")[0] == 0
     release = tmp_path / "finetuned_1pct" / "r50_0.125x_sk1"
     shutil.copytree(simclr_tf / SOURCES["tf1"], release)
     plan = convert(release, tmp_path / "out")
-    assert load_exported(tmp_path / "out").selector == 1
-    assert "finetuned_1pct" in plan.selector_rule
+    assert load_exported(tmp_path / "out").head_input == 1
+    assert "finetuned_1pct" in plan.head_input_rule
 
 
 def test_tf1_names_are_the_names_tf_saved(simclr_tf):
@@ -138,7 +138,7 @@ def test_released_architectures_map_exactly(name, v2):
             )
         else:
             assert plan.model.projection_head is None
-        assert plan.model.classifier.out_features == 1000 and plan.model.selector == 0
+        assert plan.model.classifier.out_features == 1000 and plan.model.head_input == 0
         mapped = [key for keys in plan.sources.values() for key, _ in keys.values()]
         assert len(mapped) == len(set(mapped)) == len(weights)
         assert all(key.startswith("ema_model/") == ema for key in mapped)

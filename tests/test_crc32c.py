@@ -3,8 +3,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from simclrv2.convert import crc32c as crc_module
-from simclrv2.convert.crc32c import crc32c, mask, unmask
+from simclrv2.tfio import crc32c as crc_module
+from simclrv2.tfio.crc32c import crc32c, mask, unmask
 
 # CRC-32C check values published with the algorithm (RFC 3720, B.4; the "123456789" check value)
 KNOWN = [

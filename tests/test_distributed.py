@@ -10,6 +10,7 @@ from torch import nn
 
 from multiprocess import run_distributed
 from simclrv2 import distributed
+from simclrv2.build import optimizer_and_schedule
 from simclrv2.config import OptimizerConfig
 from simclrv2.data import ImageDataset
 from simclrv2.losses import nt_xent
@@ -17,7 +18,6 @@ from simclrv2.metrics import MetricsWriter
 from simclrv2.models import ContrastiveModel, ProjectionHead, build_encoder
 from simclrv2.models.heads import BatchNormNoShift
 from simclrv2.runtime import Runtime
-from simclrv2.stages.common import optimizer_and_schedule
 from simclrv2.training import Stage, fit
 
 SHARDS = (3, 5)  # samples per process: unequal on purpose, the pooling must weight by count

@@ -17,14 +17,14 @@ def _model() -> ExportedModel:
     for module in encoder.modules():  # non-trivial BN statistics so the test can fail
         if isinstance(module, torch.nn.BatchNorm2d):
             module.running_mean.uniform_(-1, 1)
-    return ExportedModel(encoder, head, classifier, selector=1, info={"source": "test"})
+    return ExportedModel(encoder, head, classifier, head_input=1, info={"source": "test"})
 
 
 def test_round_trip_gives_identical_outputs(tmp_path):
     model = _model()
     save_exported(model, tmp_path / "export")
     loaded = load_exported(tmp_path / "export")
-    assert loaded.selector == 1
+    assert loaded.head_input == 1
     assert loaded.info == {"source": "test"}
     x = torch.rand(2, 3, 64, 64)
     torch.testing.assert_close(loaded.encoder.eval()(x), model.encoder.eval()(x), rtol=0, atol=0)
@@ -46,13 +46,14 @@ def test_existing_directory_is_not_overwritten(tmp_path):
 
 
 def test_a_killed_writers_staging_directory_is_cleared_by_the_next_export(tmp_path, monkeypatch):
+    import simclrv2.atomic as atomic
     import simclrv2.export as export
 
     def killed(*args, **kwargs):
         raise KeyboardInterrupt  # the writer dies inside the staging directory
 
     monkeypatch.setattr(export, "save_file", killed)
-    monkeypatch.setattr(export.shutil, "rmtree", lambda *a, **k: None)  # SIGKILL: no clean-up
+    monkeypatch.setattr(atomic.shutil, "rmtree", lambda *a, **k: None)  # SIGKILL: no clean-up
     with pytest.raises(KeyboardInterrupt):
         save_exported(_model(), tmp_path / "export")
     monkeypatch.undo()

@@ -35,12 +35,12 @@ def test_last_bn_has_no_shift_so_z_is_centred_in_training():
 
 
 @pytest.mark.parametrize(
-    ("selector", "layers", "dim"), [(0, 0, 32), (1, 1, 48), (2, 2, 48), (3, 3, 16), (-1, 3, 16)]
+    ("head_input", "layers", "dim"), [(0, 0, 32), (1, 1, 48), (2, 2, 48), (3, 3, 16), (-1, 3, 16)]
 )
-def test_selector_picks_the_head_output(selector, layers, dim):
+def test_head_input_picks_the_head_output(head_input, layers, dim):
     head = ProjectionHead(32, num_layers=3, hidden_dim=48, out_dim=16).eval()
-    prefix = head.prefix(selector)
-    assert len(prefix) == layers and head.output_dim(selector) == dim
+    prefix = head.prefix(head_input)
+    assert len(prefix) == layers and head.output_dim(head_input) == dim
     h = torch.randn(3, 32)
     expected = h
     for layer in head.layers[:layers]:
@@ -48,7 +48,7 @@ def test_selector_picks_the_head_output(selector, layers, dim):
     torch.testing.assert_close(prefix(h), expected)
 
 
-def test_bad_selector_and_depth():
+def test_bad_head_input_and_depth():
     with pytest.raises(UserError, match="use 0"):
         ProjectionHead(8, num_layers=2).prefix(3)
     with pytest.raises(UserError, match="at least 1 layer"):
@@ -58,7 +58,7 @@ def test_bad_selector_and_depth():
 def test_classifier_from_pretrained_shares_the_first_head_layer():
     encoder = resnet18(width=0.125, cifar_stem=True)
     head = ProjectionHead(encoder.out_dim, num_layers=3)
-    model = Classifier.from_pretrained(encoder, head, selector=1, num_classes=10).eval()
+    model = Classifier.from_pretrained(encoder, head, head_input=1, num_classes=10).eval()
     assert model.head[0] is head.layers[0]
     x = torch.rand(2, 3, 16, 16)
     logits = model(x)

@@ -2,9 +2,9 @@ import struct
 
 import pytest
 
-from simclrv2.convert.crc32c import crc32c, mask
-from simclrv2.convert.protowire import parse
 from simclrv2.metrics import MetricsWriter, read_metrics
+from simclrv2.tfio.crc32c import crc32c, mask
+from simclrv2.tfio.protowire import parse
 
 
 def _records(path):

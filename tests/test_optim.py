@@ -55,7 +55,7 @@ def test_lars_trust_ratio_is_one_when_a_norm_is_zero():
 def test_parameter_groups_by_role_not_by_name():
     encoder = resnet18(width=0.25, cifar_stem=True)
     head = ProjectionHead(encoder.out_dim)
-    model = Classifier.from_pretrained(encoder, head, selector=1, num_classes=10)
+    model = Classifier.from_pretrained(encoder, head, head_input=1, num_classes=10)
     groups = {
         g["role"]: g for g in parameter_groups(model, weight_decay=1e-4, classifiers=[model.linear])
     }

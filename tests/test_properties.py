@@ -472,7 +472,7 @@ def _replace_at(value, path: list, new):
 @given(
     st.one_of(
         st.tuples(st.just(WEIGHTS), st.lists(MUTATION, min_size=1, max_size=3)),
-        st.tuples(st.just(METADATA), st.lists(st.sampled_from(["encoder", "depth", "width", "sk_ratio", "in_channels", "projection_head", "num_layers", "hidden_dim", "classifier", "selector", "num_classes", "format_version", "info"]), min_size=1, max_size=2), YAML_VALUES),
+        st.tuples(st.just(METADATA), st.lists(st.sampled_from(["encoder", "depth", "width", "sk_ratio", "in_channels", "projection_head", "num_layers", "hidden_dim", "classifier", "head_input", "num_classes", "format_version", "info"]), min_size=1, max_size=2), YAML_VALUES),
         st.tuples(st.just(METADATA), st.lists(MUTATION, min_size=1, max_size=2)),
     )
 )  # fmt: skip

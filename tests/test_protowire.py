@@ -2,7 +2,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from simclrv2.convert import protowire
+from simclrv2.tfio import protowire
 
 
 @given(st.integers(-(2**63), 2**64 - 1))

@@ -129,15 +129,15 @@ def test_no_conv_bias_and_zero_init_last_bn_of_each_branch(zero_init_residual):
 
 
 def test_the_config_key_zero_init_residual_reaches_the_stage_encoder():
+    from simclrv2.build import encoder as stage_encoder
     from simclrv2.config import load_config
     from simclrv2.data import ImageDataset
-    from simclrv2.stages.common import build_stage_encoder
 
     data = ImageDataset(torch.zeros(2, 1, 28, 28, dtype=torch.uint8))
     gammas = {}
     for value in ("true", "false"):
         config = load_config("fashion-mnist", overrides=[f"model.zero_init_residual={value}"])
-        encoder = build_stage_encoder(config.model, "r18_0.125x_sk0", data, 28)
+        encoder = stage_encoder(config.model, "r18_0.125x_sk0", data)
         gammas[value] = encoder.layer1[0].branch[-1][0].weight
     assert torch.all(gammas["true"] == 0) and torch.all(gammas["false"] == 1)
 

@@ -120,7 +120,7 @@ def test_a_signal_after_training_stops_at_once_and_the_resume_finishes(
         os.kill(os.getpid(), signum)
 
     with monkeypatch.context() as patch:
-        patch.setattr(pretrain_stage, "export", signal_instead)
+        patch.setattr(training, "save_exported", signal_instead)
         assert main(["pretrain", "--out", str(run), *pretrain_args(data)]) == 0
     err = capsys.readouterr().err.strip().splitlines()[-1]
     assert err == f"simclrv2: stopped; resume with: simclrv2 pretrain --resume {run}"

@@ -7,8 +7,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from simclrv2.convert import protowire
-from simclrv2.convert.crc32c import crc32c, mask
 from simclrv2.convert.tensorbundle import (
     OBJECT_GRAPH_KEY,
     TensorBundle,
@@ -20,6 +18,8 @@ from simclrv2.convert.tensorbundle import (
     write_table,
 )
 from simclrv2.errors import UserError
+from simclrv2.tfio import protowire
+from simclrv2.tfio.crc32c import crc32c, mask
 
 CHECKPOINTS = {
     "tf1": "tf1/ckpt/model.ckpt-250228",

@@ -40,7 +40,7 @@ def pretrain_args(data: Path, **overrides: object) -> list[str]:
         "pretrain.epochs": EPOCHS,
         "pretrain.checkpoint_every": 1,
         "pretrain.knn_every": 1,
-        "pretrain.knn_k": 5,
+        "knn.k": 5,
         "runtime.device": "cpu",
     } | overrides
     return ["--data", str(data), *(f"{key}={value}" for key, value in settings.items())]

@@ -14,8 +14,8 @@ from simclrv2.models import (
     resnet152,
     resnet200,
 )
+from simclrv2.version import __version__
 
-__version__ = "0.1.0"
 __all__ = [
     "__version__",
     "build_encoder",

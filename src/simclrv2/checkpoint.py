@@ -1,9 +1,9 @@
 """Checkpoints that survive being killed: atomic, verified, never unpickling arbitrary objects.
 
 Each checkpoint is a directory ``step-00001234/`` holding ``state.pt`` (``torch.save`` of tensors and
-plain Python values) and ``manifest.json`` (step, size and sha256 of ``state.pt``). It is written in
-a temporary directory, fsynced, and renamed into place, so a directory with a final name is always
-complete; a failed write (a full disk) leaves the previous checkpoints as they were. The newest
+plain Python values) and ``manifest.json`` (step, size and sha256 of ``state.pt``), written as an
+atomic directory (:mod:`simclrv2.atomic`), so a directory with a final name is always complete; a
+failed write (a full disk) leaves the previous checkpoints as they were. The newest
 ``KEEP`` are kept; loading verifies the checksum and falls back to the previous good checkpoint if
 the newest is damaged. Loading uses ``torch.load(weights_only=True)``: a file that needs arbitrary
 pickled objects is refused before anything in it runs.
@@ -13,11 +13,9 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import pickle
 import re
 import shutil
-import tempfile
 import warnings
 from collections.abc import Iterable
 from pathlib import Path
@@ -26,9 +24,10 @@ from typing import Any
 import torch
 from torch import nn
 
+from simclrv2.atomic import atomic_directory, remove_stale_staging
 from simclrv2.errors import UserError, first_line
 
-STATE, MANIFEST, PREFIX, STAGING = "state.pt", "manifest.json", "step-", ".tmp-"
+STATE, MANIFEST, PREFIX = "state.pt", "manifest.json", "step-"
 KEEP = 2  # checkpoints kept: the newest, and the previous one in case the newest is damaged
 OPTIMIZER_BUFFERS = 2  # tensors an optimiser keeps per parameter, at most (AdamW; momentum: 1)
 
@@ -42,14 +41,6 @@ def sha256(path: Path) -> str:
     return digest.hexdigest()
 
 
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
 def save_checkpoint(
     directory: str | Path, step: int, state: dict[str, Any], keep: int = KEEP
 ) -> Path:
@@ -61,8 +52,7 @@ def save_checkpoint(
     directory = Path(directory)
     try:
         directory.mkdir(parents=True, exist_ok=True)
-        for stale in directory.glob(f"{STAGING}*"):
-            shutil.rmtree(stale, ignore_errors=True)
+        remove_stale_staging(directory, PREFIX)
         final = _write(directory, step, state)
     except OSError as error:
         raise UserError(
@@ -75,14 +65,11 @@ def save_checkpoint(
 
 
 def _write(directory: Path, step: int, state: dict[str, Any]) -> Path:
-    """Stage ``state`` and its manifest in a temporary directory, fsync, rename into place."""
+    """``state`` and its manifest as the checkpoint directory of ``step``."""
     final = directory / f"{PREFIX}{step:08d}"
-    staging = Path(tempfile.mkdtemp(prefix=STAGING, dir=directory))
-    try:
+    with atomic_directory(final) as staging:
         with open(staging / STATE, "wb", buffering=0) as file:  # a full disk raises OSError
             torch.save(state, file)
-            file.flush()
-            os.fsync(file.fileno())
         manifest = {
             "step": step,
             "sha256": sha256(staging / STATE),
@@ -90,15 +77,6 @@ def _write(directory: Path, step: int, state: dict[str, Any]) -> Path:
         }
         with open(staging / MANIFEST, "w") as file:
             json.dump(manifest, file)
-            file.flush()
-            os.fsync(file.fileno())
-        if final.exists():  # the same step again (resumed at it): move the old copy aside first
-            os.replace(final, staging.with_name(f"{staging.name}-replaced"))
-        os.replace(staging, final)
-        _fsync_dir(directory)
-    finally:
-        for leftover in (staging, staging.with_name(f"{staging.name}-replaced")):
-            shutil.rmtree(leftover, ignore_errors=True)
     return final
 
 

@@ -40,96 +40,42 @@ def _int_at_least(low: int):
 
 
 def _config(args: argparse.Namespace):
-    """The resolved config: the saved one of ``--resume``, else preset -> file -> --data -> overrides."""
+    """The resolved config: the saved one of ``--resume``, else preset -> file -> overrides ->
+    the fields that flags set (``--data``, ``--chunk-size``)."""
     from simclrv2.config import load_config
     from simclrv2.rundir import load_run_config
 
+    flags = {"data.source": args.data, "pretrain.chunk_size": getattr(args, "chunk_size", None)}
     if getattr(args, "resume", None):
-        if args.overrides or args.config or args.data or getattr(args, "chunk_size", None):
+        if args.overrides or args.config or any(v is not None for v in flags.values()):
             raise UserError(
                 "--resume continues a run with its saved config; drop the other options and overrides"
             )
         return load_run_config(Path(args.resume))
-    overrides = list(args.overrides)
-    if args.data is not None:
-        overrides.insert(0, f"data.source={args.data}")
-    if getattr(args, "chunk_size", None) is not None:
-        overrides.insert(0, f"pretrain.chunk_size={args.chunk_size}")
-    return load_config(args.preset, args.config, overrides)
-
-
-def _start(args: argparse.Namespace, config, command: str):
-    """(run directory, runtime) with the run's files written and logging set up. Called once every
-    input is checked; a new run that still fails before its first checkpoint is removed again.
-    Under torchrun, this process joins the process group and takes rank 0's new run directory."""
-    from simclrv2 import distributed
-    from simclrv2.metrics import setup_logging
-    from simclrv2.rundir import check_writable
-    from simclrv2.runtime import resolve_runtime
-
-    runtime = resolve_runtime(config.runtime)
-    distributed.init_from_environment(runtime.device)
-    if args.resume:
-        directory = Path(args.resume)
-        check_writable(directory)
-    else:
-        directory = _new_run(args, config, command)
-    args.run_directory = directory
-    setup_logging(directory / "log.txt", enabled=distributed.rank() == 0)
-    return directory, runtime
-
-
-def _new_run(args: argparse.Namespace, config, command: str) -> Path:
-    """Rank 0 creates the new run's directory (its name holds the time) and gives it, or the
-    error that refused it, to every process."""
-    from simclrv2 import distributed
-    from simclrv2.rundir import new_run
-
-    outcome: Path | UserError | None = None
-    if distributed.rank() == 0:
-        try:
-            outcome = args.cleanup.enter_context(new_run(command, config, args.out))
-        except UserError as error:
-            outcome = error
-    outcome = distributed.broadcast_object(outcome)
-    if isinstance(outcome, UserError):
-        raise outcome
-    return outcome
+    return load_config(args.preset, args.config, args.overrides, flags)
 
 
 def _datasets(config):
-    from simclrv2.stages.common import load_split
+    from simclrv2 import build
 
-    return load_split(config.data, "train"), load_split(config.data, config.data.test_split)
+    return build.dataset(config.data, "train"), build.dataset(config.data, config.data.test_split)
 
 
-def _labelled_subset(spec: str, train, seed: int):
-    """``--labels``: a fraction (0.01 or 1%), a count per class (25-per-class), or a file (an index
-    file written by simclrv2, or a list of file names as the authors' ImageNet subsets)."""
-    from simclrv2.data import class_balanced_indices, indices_from_names, load_indices
+def _labelled(spec: str, train, seed: int):
+    from simclrv2.data import labelled_indices
 
-    text = spec.strip()
-    if text.endswith("-per-class") and text[: -len("-per-class")].isdigit():
-        return train.subset(
-            class_balanced_indices(
-                train.labels, per_class=int(text[: -len("-per-class")]), seed=seed
-            )
-        )
-    try:
-        fraction = float(text[:-1]) / 100 if text.endswith("%") else float(text)
-    except ValueError:
-        path = Path(text)
-        if not path.is_file():
-            raise UserError(
-                f"--labels {text!r} is neither a fraction (0.01, 1%), a count (25-per-class) nor an existing file"
-            ) from None
-        try:
-            return train.subset(load_indices(path, size=len(train)))
-        except UserError:
-            return train.subset(indices_from_names(train, path))
-    if not 0 < fraction <= 1:
-        raise UserError(f"--labels {text!r} must be a fraction in (0, 1], e.g. 0.01 or 1%")
-    return train.subset(class_balanced_indices(train.labels, fraction=fraction, seed=seed))
+    return train.subset(labelled_indices(train, spec, seed))
+
+
+@contextlib.contextmanager
+def _run(args: argparse.Namespace, config, command: str):
+    """The run of a training command (:func:`simclrv2.run.open_run`), its directory remembered
+    for the resume hint."""
+    from simclrv2.run import open_run
+
+    with open_run(command, config, args.out, args.resume) as run:
+        args.run_directory = run.directory
+        yield run
 
 
 # ----------------------------------------------------------------------------------------------
@@ -165,11 +111,11 @@ def _pipeline(args: argparse.Namespace) -> None:
 
     config = _config(args)
     train, test = _datasets(config)
-    directory, runtime = _start(args, config, "pipeline")
-    rows = run_pipeline(config, directory, runtime, train, test)
+    with _run(args, config, "pipeline") as run:
+        rows = run_pipeline(config, run, train, test)
     if distributed.rank() == 0:
         print(format_table(rows, TABLE_COLUMNS))
-        print(f"\nresults: {directory / 'results.json'}")
+        print(f"\nresults: {run.directory / 'results.json'}")
 
 
 def _pretrain(args: argparse.Namespace) -> None:
@@ -177,9 +123,9 @@ def _pretrain(args: argparse.Namespace) -> None:
 
     config = _config(args)
     train, test = _datasets(config)
-    directory, runtime = _start(args, config, "pretrain")
-    result = pretrain(config, directory, train, test, runtime)
-    _print_outcome(result.metrics, directory)
+    with _run(args, config, "pretrain") as run:
+        result = pretrain(config, run.directory, train, test, run.runtime)
+    _print_outcome(result.metrics, run.directory)
 
 
 def _finetune(args: argparse.Namespace) -> None:
@@ -188,11 +134,11 @@ def _finetune(args: argparse.Namespace) -> None:
 
     config = _config(args)
     train, test = _datasets(config)
-    labelled = _labelled_subset(args.labels, train, config.finetune.label_seed)
+    labelled = _labelled(args.labels, train, config.finetune.label_seed)
     init = load_exported(args.init) if args.init else None
-    directory, runtime = _start(args, config, "finetune" if args.init else "supervised")
-    result = finetune(config, directory, labelled, test, runtime, init)
-    _print_outcome(result.metrics, directory)
+    with _run(args, config, "finetune" if args.init else "supervised") as run:
+        result = finetune(config, run.directory, labelled, test, run.runtime, init)
+    _print_outcome(result.metrics, run.directory)
 
 
 def _distill(args: argparse.Namespace) -> None:
@@ -201,13 +147,11 @@ def _distill(args: argparse.Namespace) -> None:
 
     config = _config(args)
     train, test = _datasets(config)
-    labelled = (
-        _labelled_subset(args.labels, train, config.finetune.label_seed) if args.labels else None
-    )
+    labelled = _labelled(args.labels, train, config.finetune.label_seed) if args.labels else None
     teacher = load_exported(args.teacher).classifier_model()
-    directory, runtime = _start(args, config, "distill")
-    result = distill(config, directory, train, labelled, test, runtime, teacher)
-    _print_outcome(result.metrics, directory)
+    with _run(args, config, "distill") as run:
+        result = distill(config, run.directory, train, labelled, test, run.runtime, teacher)
+    _print_outcome(result.metrics, run.directory)
 
 
 def _evaluate(args: argparse.Namespace) -> None:
@@ -221,40 +165,34 @@ def _evaluate(args: argparse.Namespace) -> None:
     exported = load_exported(args.init)
     train, test = _datasets(config)
     evaluate = linear_eval if args.command == "linear" else knn_eval
-    print(
-        json.dumps(
-            evaluate(config, exported, train, test, resolve_runtime(config.runtime)), indent=2
-        )
-    )
+    results = evaluate(config, exported, train, test, resolve_runtime(config.runtime))
+    print(json.dumps(results, indent=2))
 
 
 def _embed(args: argparse.Namespace) -> None:
+    from simclrv2 import build
     from simclrv2.export import load_exported
     from simclrv2.runtime import resolve_runtime
-    from simclrv2.stages.common import load_split, train_image_size
     from simclrv2.stages.embed import embed
 
     config = _config(args)
     exported = load_exported(args.init)
-    data = load_split(config.data, args.split)
-    size = train_image_size(config.data.image_size, data)
-    out = embed(exported, data, resolve_runtime(config.runtime), size, Path(args.out))
+    data = build.dataset(config.data, args.split)
+    out = embed(exported, data, resolve_runtime(config.runtime), Path(args.out))
     print(f"{len(data)} embeddings of dimension {exported.encoder.out_dim}: {out}")
 
 
 def _show_augmentations(args: argparse.Namespace) -> None:
     import torch
 
-    from simclrv2.stages.common import load_split, pretrain_augment, train_image_size
+    from simclrv2 import build
     from simclrv2.visualize import augmentation_grid
 
     config = _config(args)
-    settings = config.data
-    data = load_split(settings, args.split)
+    data = build.dataset(config.data, args.split)
     generator = torch.Generator().manual_seed(args.seed)
     chosen = torch.randperm(len(data), generator=generator)[: args.images]
-    size = args.size or train_image_size(settings.image_size, data)
-    augment = pretrain_augment(config.augment, size)
+    augment = build.pretrain_augment(config.augment, args.size or data.image_size)
     augmentation_grid(data.images[chosen], augment, args.views, generator).save(args.out)
     print(f"{len(chosen)} images x {args.views} views: {args.out}\n{augment}")
 
@@ -301,10 +239,10 @@ def _add_config_options(parser: argparse.ArgumentParser, runs: bool = True) -> N
 def _add_chunk_size(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--chunk-size",
-        type=_int_at_least(1),
+        type=int,
         metavar="K",
         help="pretrain K views at a time with gradient caching: a large batch in little memory "
-        "(same as pretrain.chunk_size=K; K divides the images per process)",
+        "(sets pretrain.chunk_size; K divides the images per process)",
     )
 
 
@@ -469,9 +407,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     in_main_thread = threading.current_thread() is threading.main_thread()
     previous = signal.signal(signal.SIGTERM, _stop_at_once) if in_main_thread else None
     try:
-        with contextlib.ExitStack() as cleanup:
-            args.cleanup = cleanup
-            args.run(args)
+        args.run(args)
     except UserError as error:
         print(f"simclrv2: error: {error}", file=sys.stderr)
         return 2

@@ -50,6 +50,23 @@ def extract(
     return torch.cat(features), torch.cat(labels)
 
 
+@torch.no_grad()
+def classifier_accuracy(
+    model: torch.nn.Module, test: ImageDataset, runtime: Runtime, image_size: int
+) -> dict:
+    """Top-1/top-5 in percent of a classifier on the centre-cropped labelled ``test`` images, and
+    its confusion matrix (rows: true class, columns: predicted)."""
+    model.eval()
+    logits, labels = extract(model, test, runtime, image_size)
+    keep = labels >= 0
+    logits, labels = logits[keep], labels[keep]
+    classes = logits.shape[1]
+    confusion = torch.bincount(labels * classes + logits.argmax(1), minlength=classes * classes)
+    return topk_accuracy(logits, labels) | {
+        "confusion": confusion.reshape(classes, classes).tolist()
+    }
+
+
 def knn_scores(
     bank: Tensor, bank_labels: Tensor, queries: Tensor, num_classes: int, k: int = 200, temperature: float = 0.1,
     chunk: int = 1024,

@@ -1,7 +1,7 @@
 """Exported models: ``model.safetensors`` + ``model.json`` in one directory, nothing pickled.
 
-The JSON names the architecture (encoder spec, projection head, classifier and the head layer the
-classifier reads), so :func:`load_exported` rebuilds the modules before loading the weights. The
+The JSON names the architecture (encoder spec, projection head, classifier and the head output the
+classifier reads, ``head_input``), so :func:`load_exported` rebuilds the modules before loading the weights. The
 tensors are stored under ``encoder.*``, ``projection_head.*`` and ``classifier.*``; the JSON also
 holds the weights file's sha256, checked on loading (exports without one load unchecked). This is
 the format that ``simclrv2 convert-tf`` writes and every stage's ``--init`` reads.
@@ -10,9 +10,6 @@ the format that ``simclrv2 convert-tf`` writes and every stage's ``--init`` read
 from __future__ import annotations
 
 import json
-import os
-import shutil
-import tempfile
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -21,6 +18,7 @@ from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 from torch import nn
 
+from simclrv2.atomic import atomic_directory, remove_stale_staging
 from simclrv2.checkpoint import sha256
 from simclrv2.errors import UserError, first_line
 from simclrv2.models import (
@@ -32,30 +30,28 @@ from simclrv2.models import (
     arch_name,
 )
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: the classifier's "selector" is named "head_input"
 WEIGHTS, METADATA = "model.safetensors", "model.json"
 PARTS = ("encoder", "projection_head", "classifier")  # tensor-name prefixes, in this order
 
 
 @dataclass
 class ExportedModel:
-    """What an export holds: an encoder, optionally g and a classifier reading layer ``selector``."""
+    """What an export holds: an encoder, optionally g and a classifier reading output ``head_input``
+    of g (0 = h)."""
 
     encoder: ResNet
     projection_head: ProjectionHead | None = None
     classifier: LinearClassifier | None = None
-    selector: int = 0
+    head_input: int = 0
     info: dict = field(default_factory=dict)  # free-form provenance (source, step, ...)
 
     def classifier_model(self) -> Classifier:
-        """The fine-tuned network: encoder -> head layers up to ``selector`` -> classifier."""
+        """The fine-tuned network: encoder -> head layers up to ``head_input`` -> classifier."""
         if self.classifier is None:
-            raise UserError(
-                "this export has no classifier; fine-tune it first or pass --num-classes"
-            )
-        head = (
-            self.projection_head.prefix(self.selector) if self.projection_head else nn.Sequential()
-        )
+            raise UserError("this export has no classifier; fine-tune it first (simclrv2 finetune)")
+        head = self.projection_head
+        head = head.prefix(self.head_input) if head is not None else nn.Sequential()
         return Classifier(self.encoder, head, self.classifier)
 
 
@@ -74,7 +70,7 @@ def _architecture(model: ExportedModel) -> dict:
         },
         "classifier": None
         if model.classifier is None
-        else {"num_classes": model.classifier.out_features, "selector": model.selector},
+        else {"num_classes": model.classifier.out_features, "head_input": model.head_input},
         "info": model.info,
     }
 
@@ -88,37 +84,23 @@ def check_destination(directory: str | Path, overwrite: bool = False) -> None:
         )
 
 
-def _staging_prefix(directory: Path) -> str:
-    return f".{directory.name}.staging-"
-
-
 def save_exported(model: ExportedModel, directory: str | Path, overwrite: bool = False) -> Path:
-    """Write the export atomically: a sibling temporary directory renamed into place at the end,
-    so ``directory`` never holds a half-written export. Staging directories left by a writer that
-    was killed are removed first."""
+    """Write the export as an atomic directory (:mod:`simclrv2.atomic`): ``directory`` never holds
+    a half-written export. What writers that were killed left beside it is removed first."""
     directory = Path(directory)
     check_destination(directory, overwrite)
     directory.parent.mkdir(parents=True, exist_ok=True)
-    for stale in directory.parent.glob(f"{_staging_prefix(directory)}*"):
-        if stale.is_dir():
-            shutil.rmtree(stale, ignore_errors=True)
-    tensors = {f"encoder.{k}": v for k, v in model.encoder.state_dict().items()}
-    if model.projection_head is not None:
-        tensors |= {
-            f"projection_head.{k}": v for k, v in model.projection_head.state_dict().items()
-        }
-    if model.classifier is not None:
-        tensors |= {f"classifier.{k}": v for k, v in model.classifier.state_dict().items()}
-    staging = Path(tempfile.mkdtemp(prefix=_staging_prefix(directory), dir=directory.parent))
-    try:
-        save_file({k: v.detach().contiguous().cpu() for k, v in tensors.items()}, staging / WEIGHTS)
+    remove_stale_staging(directory.parent, f"{directory.name}.")
+    tensors = {
+        f"{part}.{name}": tensor.detach().contiguous().cpu()
+        for part, module in zip(PARTS, (model.encoder, model.projection_head, model.classifier))
+        if module is not None
+        for name, tensor in module.state_dict().items()
+    }
+    with atomic_directory(directory) as staging:
+        save_file(tensors, staging / WEIGHTS)
         meta = _architecture(model) | {"weights_sha256": sha256(staging / WEIGHTS)}
         (staging / METADATA).write_text(json.dumps(meta, indent=2) + "\n")
-        if directory.exists():
-            shutil.rmtree(directory)
-        os.replace(staging, directory)
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
     return directory
 
 
@@ -133,8 +115,8 @@ def load_exported(directory: str | Path) -> ExportedModel:
     meta_path, weights_path = directory / METADATA, directory / WEIGHTS
     if not meta_path.is_file() or not weights_path.is_file():
         raise UserError(
-            f"{directory} is not an exported model (needs {METADATA} and {WEIGHTS}); "
-            "export one with `simclrv2 export` or convert one with `simclrv2 convert-tf`"
+            f"{directory} is not an exported model (needs {METADATA} and {WEIGHTS}); give a "
+            "stage's model/ folder or convert a TF checkpoint with `simclrv2 convert-tf`"
         )
     meta = _read_metadata(meta_path)
     with torch.device("meta"):  # shapes only: a damaged description cannot allocate terabytes
@@ -159,18 +141,19 @@ def load_exported(directory: str | Path) -> ExportedModel:
         raise UserError(
             f"{weights_path} cannot be read ({first_line(error)}); the file is corrupt or truncated"
         ) from None
-    encoder, head, classifier, selector = _build(meta)
+    encoder, head, classifier, head_input = _build(meta)
     for prefix, module in zip(PARTS, (encoder, head, classifier)):
         if module is not None:
             part = {
                 k[len(prefix) + 1 :]: v for k, v in tensors.items() if k.startswith(prefix + ".")
             }
             module.load_state_dict(part)
-    return ExportedModel(encoder, head, classifier, selector, meta.get("info", {}))
+    return ExportedModel(encoder, head, classifier, head_input, meta.get("info", {}))
 
 
 def _read_metadata(path: Path) -> dict:
-    """The parsed ``model.json``, of this format version."""
+    """The parsed ``model.json`` in this format version (version 1, the same but for the name of
+    the classifier's head input, is read too)."""
     try:
         meta = json.loads(path.read_text())
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
@@ -179,9 +162,12 @@ def _read_metadata(path: Path) -> dict:
         ) from None
     if not isinstance(meta, dict) or not isinstance(meta.get("info", {}), dict):
         raise UserError(f"{path} is not a valid model description; re-export the model")
-    if meta.get("format_version") != FORMAT_VERSION:
+    version = meta.get("format_version")
+    if version == 1 and isinstance(meta.get("classifier"), dict):
+        meta["classifier"]["head_input"] = meta["classifier"].pop("selector", None)
+    elif version not in (1, FORMAT_VERSION):
         raise UserError(
-            f"{path} has format version {meta.get('format_version')!r}; this simclrv2 reads {FORMAT_VERSION}"
+            f"{path} has format version {version!r}; this simclrv2 reads 1 to {FORMAT_VERSION}"
         )
     return meta
 
@@ -189,19 +175,19 @@ def _read_metadata(path: Path) -> dict:
 def _build(
     meta: dict,
 ) -> tuple[ResNet, ProjectionHead | None, LinearClassifier | None, int]:
-    """(encoder, projection head, classifier, selector) as ``meta`` describes them."""
+    """(encoder, projection head, classifier, head input) as ``meta`` describes them."""
     encoder = ResNet(ResNetSpec(**meta["encoder"]))
     head = (
         ProjectionHead(encoder.out_dim, **meta["projection_head"])
         if meta["projection_head"]
         else None
     )
-    classifier, selector = None, 0
+    classifier, head_input = None, 0
     if meta["classifier"]:
-        selector = meta["classifier"]["selector"]
-        in_dim = head.output_dim(selector) if head is not None else encoder.out_dim
+        head_input = meta["classifier"]["head_input"]
+        in_dim = head.output_dim(head_input) if head is not None else encoder.out_dim
         classifier = LinearClassifier(in_dim, meta["classifier"]["num_classes"])
-    return encoder, head, classifier, selector
+    return encoder, head, classifier, head_input
 
 
 def _described_shapes(meta: dict, path: Path) -> dict[str, tuple[int, ...]]:

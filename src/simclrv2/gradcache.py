@@ -99,7 +99,7 @@ def chunked_forward(module: nn.Module, x: Tensor, chunk_size: int) -> Tensor | t
 def check_chunk_size(chunk_size: int, images_per_process: int) -> None:
     """The chunks rule: a chunk size (in views) dividing the images each process holds, so a chunk
     never holds both views of an image."""
-    if chunk_size < 0 or (chunk_size and images_per_process % chunk_size):
+    if chunk_size and images_per_process % chunk_size:
         divisors = [k for k in range(1, images_per_process + 1) if images_per_process % k == 0]
         raise UserError(
             f"pretrain.chunk_size={chunk_size} must divide the {images_per_process} images each "

@@ -115,9 +115,9 @@ def _confusion(stage: Path, out: Path) -> str | None:
 def _pretrained_encoder(run: Path, config, data) -> tuple[torch.nn.Module, str] | None:
     """The pretrained encoder of a run and where it came from: the exported model of a finished
     pretraining, else the newest checkpoint of an interrupted one, else None."""
+    from simclrv2 import build
     from simclrv2.checkpoint import load_latest
     from simclrv2.export import load_exported
-    from simclrv2.stages.common import build_stage_encoder, train_image_size
 
     stages = [d for d in (run / "pretrain", run) if d.is_dir()]
     for stage in stages:
@@ -126,8 +126,7 @@ def _pretrained_encoder(run: Path, config, data) -> tuple[torch.nn.Module, str] 
     for stage in stages:
         state = load_latest(stage / "checkpoints")
         if state is not None and "model" in state.get("modules", {}):
-            size = train_image_size(config.data.image_size, data)
-            encoder = build_stage_encoder(config.model, config.model.arch, data, size)
+            encoder = build.encoder(config.model, config.model.arch, data)
             prefix = "encoder."
             weights = {
                 k[len(prefix) :]: v
@@ -141,25 +140,20 @@ def _pretrained_encoder(run: Path, config, data) -> tuple[torch.nn.Module, str] 
 
 def _embedding_map(run: Path, out: Path) -> str | None:
     """PCA of h on the test images, coloured by class, from the pretrained encoder."""
+    from simclrv2 import build
     from simclrv2.evaluation import extract
     from simclrv2.rundir import load_run_config
     from simclrv2.runtime import resolve_runtime
-    from simclrv2.stages.common import load_split, train_image_size
 
     config = load_run_config(run)
-    test = load_split(config.data, config.data.test_split)
+    test = build.dataset(config.data, config.data.test_split)
     found = _pretrained_encoder(run, config, test)
     if found is None:
         return None
     encoder, source = found
     test = test.subset(torch.arange(min(len(test), 2000)))
     runtime = resolve_runtime(config.runtime)
-    features, labels = extract(
-        runtime.module(encoder).eval(),
-        test,
-        runtime,
-        train_image_size(config.data.image_size, test),
-    )
+    features, labels = extract(runtime.module(encoder).eval(), test, runtime, test.image_size)
     centred = features - features.mean(0)
     _, _, components = torch.pca_lowrank(centred, q=2, center=False)
     points = centred @ components[:, :2]
@@ -175,13 +169,13 @@ def _embedding_map(run: Path, out: Path) -> str | None:
 
 
 def _augmentations(run: Path, out: Path) -> str | None:
+    from simclrv2 import build
     from simclrv2.rundir import load_run_config
-    from simclrv2.stages.common import load_split, pretrain_augment, train_image_size
     from simclrv2.visualize import augmentation_grid
 
     config = load_run_config(run)
-    data = load_split(config.data, "train")
-    augment = pretrain_augment(config.augment, train_image_size(config.data.image_size, data))
+    data = build.dataset(config.data, "train")
+    augment = build.pretrain_augment(config.augment, data.image_size)
     grid = augmentation_grid(
         data.images[:8], augment, views=6, generator=torch.Generator().manual_seed(0)
     )

@@ -21,10 +21,12 @@ from pathlib import Path
 import torch
 import yaml
 
-from simclrv2 import __version__, distributed
+from simclrv2 import distributed
+from simclrv2.atomic import write_text
 from simclrv2.checkpoint import PREFIX
 from simclrv2.config import Config, config_from_dict
 from simclrv2.errors import UserError
+from simclrv2.version import __version__
 
 CONFIG, ENVIRONMENT = "config.yaml", "environment.json"
 MIN_FREE_BYTES = 50 << 20  # the logs, metrics and a small model's checkpoints
@@ -107,25 +109,11 @@ def _remove_empty(directories: list[Path]) -> None:
             path.rmdir()
 
 
-def write_atomically(path: Path, text: str) -> None:
-    """Replace ``path`` with ``text`` in one step: a killed process leaves the old file or the new
-    one, never half of it."""
-    staging = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        with open(staging, "w") as file:
-            file.write(text)
-            file.flush()
-            os.fsync(file.fileno())
-        os.replace(staging, path)
-    finally:
-        staging.unlink(missing_ok=True)
-
-
 def write_run_files(directory: Path, config: Config) -> None:
     if distributed.rank() != 0:
         return
-    write_atomically(directory / CONFIG, config.to_yaml())
-    write_atomically(directory / ENVIRONMENT, json.dumps(environment(), indent=2) + "\n")
+    write_text(directory / CONFIG, config.to_yaml())
+    write_text(directory / ENVIRONMENT, json.dumps(environment(), indent=2) + "\n")
 
 
 def load_run_config(directory: Path) -> Config:

@@ -1,7 +1,7 @@
 """TensorBoard event files without TensorFlow: scalar summaries, one ``Event`` record each.
 
-The file is a sequence of TFRecord frames (length, masked CRC-32C of the length, the serialised
-``Event`` protocol buffer, its masked CRC-32C); the first record announces ``brain.Event:2``.
+The file is a sequence of TFRecord frames (:mod:`simclrv2.tfio.tfrecord`), each holding one serialised
+``Event`` protocol buffer; the first record announces ``brain.Event:2``.
 ``Event``: wall_time (1, double), step (2, int64), file_version (3, string), summary (5);
 ``Summary.Value``: tag (1, string), simple_value (2, float).
 """
@@ -13,8 +13,8 @@ import struct
 import time
 from pathlib import Path
 
-from simclrv2.convert.crc32c import crc32c, mask
-from simclrv2.convert.protowire import FIXED32, FIXED64, field
+from simclrv2.tfio.protowire import FIXED32, FIXED64, field
+from simclrv2.tfio.tfrecord import frame
 
 
 def _float_bits(value: float, fmt: str) -> int:
@@ -38,17 +38,6 @@ def _event(
         )
         message += field(5, values)
     return message
-
-
-def frame(record: bytes) -> bytes:
-    """One TFRecord frame around ``record``."""
-    length = struct.pack("<Q", len(record))
-    return (
-        length
-        + struct.pack("<I", mask(crc32c(length)))
-        + record
-        + struct.pack("<I", mask(crc32c(record)))
-    )
 
 
 class EventWriter:

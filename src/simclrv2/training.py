@@ -1,4 +1,6 @@
-"""The loop every training stage shares, so each stage only writes its step.
+"""The life of a training stage, so that each stage holds only what is its own: open it
+(:meth:`Stage.open`), build its networks and ``step``, :func:`fit`, evaluate, then
+:meth:`Stage.finish` (export, ``results.json``, a log line) hands back a :class:`StageResult`.
 
 :func:`fit` runs epochs of batches: the learning rate from the schedule at every optimiser step,
 the stage's ``step`` (forward and loss, under autocast), backward and the optimiser, a progress bar,
@@ -11,25 +13,29 @@ step and the likely cause, and the last good checkpoint stays in place.
 
 from __future__ import annotations
 
+import json
 import signal
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import torch
 from torch import Tensor, nn
 
 from simclrv2 import distributed
+from simclrv2.atomic import write_text
 from simclrv2.checkpoint import checkpoints, load_latest, save_checkpoint, space_needed
 from simclrv2.data import ImageDataset, batches_per_epoch, epoch_batches
 from simclrv2.errors import Interrupted, UserError, first_line
+from simclrv2.export import ExportedModel, load_exported, save_exported
 from simclrv2.metrics import LOG, MetricsWriter, progress_bar
 from simclrv2.optim import WarmupCosine, set_learning_rate
 from simclrv2.rundir import check_writable
 from simclrv2.runtime import Runtime
 
+RESULTS = "results.json"  # a finished stage's metrics; its presence marks the stage done
 StepFn = Callable[[Tensor, Tensor, torch.Generator], dict[str, Tensor]]
 LOG_EVERY = 10  # optimiser steps between metric rows
 
@@ -44,17 +50,56 @@ class Position:
 
 
 @dataclass
+class StageResult:
+    """What a finished stage hands on: its exported model and its metrics (``results.json``)."""
+
+    exported: ExportedModel
+    metrics: dict
+
+
+@dataclass
 class Stage:
-    """One stage's run directory and the services its loop needs."""
+    """One stage's folder, the services its loop needs, and the clock of this invocation."""
 
     name: str
     directory: Path
     runtime: Runtime
     metrics: MetricsWriter
+    started: float = field(default_factory=time.perf_counter)
+
+    @classmethod
+    def open(cls, name: str, directory: Path, runtime: Runtime, seed: int) -> Stage:
+        """The stage's folder and metrics. Seeds torch's global generator, so that the networks
+        the stage builds next start from the same weights on every run (and process) with this
+        seed."""
+        torch.manual_seed(seed)
+        directory.mkdir(parents=True, exist_ok=True)
+        writer = MetricsWriter(directory / "metrics.csv", name, enabled=distributed.rank() == 0)
+        return cls(name, directory, runtime, writer)
 
     @property
     def checkpoints(self) -> Path:
         return self.directory / "checkpoints"
+
+    def finish(self, exported: ExportedModel, metrics: dict, summary: str) -> StageResult:
+        """Rank 0 writes ``model/`` and ``results.json`` (``metrics`` plus the seconds of this
+        invocation: a resumed run counts its own part); every process returns once they are
+        there, with the result. ``summary`` is the stage's log line."""
+        metrics = metrics | {"seconds": time.perf_counter() - self.started}
+        if distributed.rank() == 0:
+            save_exported(exported, self.directory / "model", overwrite=True)
+            write_text(self.directory / RESULTS, json.dumps(metrics, indent=2) + "\n")
+        distributed.barrier()
+        LOG.info("%s: %s", self.name, summary)
+        return StageResult(exported, metrics)
+
+
+def finished_result(directory: Path) -> StageResult | None:
+    """The result of the stage that finished in ``directory`` (from its files), else None."""
+    path = directory / RESULTS
+    if not path.exists():
+        return None
+    return StageResult(load_exported(directory / "model"), json.loads(path.read_text()))
 
 
 class _StopSignal:

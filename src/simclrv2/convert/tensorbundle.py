@@ -21,9 +21,9 @@ from pathlib import Path
 
 import numpy as np
 
-from simclrv2.convert import protowire
-from simclrv2.convert.crc32c import crc32c, mask
 from simclrv2.errors import UserError
+from simclrv2.tfio import protowire
+from simclrv2.tfio.crc32c import crc32c, mask
 
 # DataType enum of tensorflow/core/framework/types.proto -> name; numpy dtype of the fixed-size ones
 DTYPE_NAMES = {

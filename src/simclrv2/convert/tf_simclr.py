@@ -225,20 +225,20 @@ def infer_encoder(kernels: list[tuple[int, ...]], source: str) -> ResNetSpec:
     )
 
 
-def selector_rule(source: str | Path) -> tuple[int, str]:
+def head_input_rule(source: str | Path) -> tuple[int, str]:
     """The head output the released classifier reads, which the checkpoint does not record: from
     the folder name, fine-tuned on 1% or 10% of the labels -> first head layer (1), else h (0)."""
     for part in reversed(Path(source).resolve().parts):
         match = _FINETUNED.match(part)
         if match:
-            selector = 0 if match[1] == "100" else 1
-            return selector, f"rule: folder {part}"
+            head_input = 0 if match[1] == "100" else 1
+            return head_input, f"rule: folder {part}"
     return 0, "rule: default h, no finetuned_<N>pct folder in the path; set --head-input"
 
 
 def _build(
     spec: ResNetSpec, roles: Mapping[Role, str], shapes: Mapping[str, tuple[int, ...]],
-    selector: int, source: str,
+    head_input: int, source: str,
 ) -> ExportedModel:  # fmt: skip
     """Encoder, projection head and classifier on the meta device, sized from the checkpoint."""
     head_layers = sorted({role[2] for role in roles if role[0] == "head"})
@@ -252,10 +252,10 @@ def _build(
             head = ProjectionHead(encoder.out_dim, len(widths), widths[0], widths[-1])
         classifier = None
         if ("supervised", "dense", 0, "kernel") in roles:
-            in_dim = head.output_dim(selector) if head is not None else encoder.out_dim
+            in_dim = head.output_dim(head_input) if head is not None else encoder.out_dim
             classes = shapes[roles[("supervised", "dense", 0, "kernel")]][1]
             classifier = LinearClassifier(in_dim, classes)
-    return ExportedModel(encoder, head, classifier, selector)
+    return ExportedModel(encoder, head, classifier, head_input)
 
 
 @dataclass
@@ -265,7 +265,7 @@ class Plan:
     model: ExportedModel  # on the meta device
     sources: dict[str, dict[str, tuple[str, Role]]]  # part -> torch key -> (checkpoint key, role)
     ignored: dict[str, list[str]]  # reason -> checkpoint keys
-    selector_rule: str
+    head_input_rule: str
     layout: str
 
     def summary(self) -> list[str]:
@@ -284,8 +284,8 @@ class Plan:
             ),
             "classifier: none"
             if classifier is None
-            else f"classifier: {classifier.out_features} classes on head output {model.selector} "
-            f"({self.selector_rule})",
+            else f"classifier: {classifier.out_features} classes on head output {model.head_input} "
+            f"({self.head_input_rule})",
             f"parameters: {params:,} + {stats:,} BatchNorm statistics",
             "mapped: "
             + ", ".join(f"{len(keys)} tensors to {part}" for part, keys in self.sources.items())
@@ -305,7 +305,7 @@ def plan_conversion(
 ) -> Plan:
     """Map checkpoint keys (with their shapes and full names) onto a model inferred from them.
 
-    ``head_input`` is the head output the classifier reads (None: :func:`selector_rule` on
+    ``head_input`` is the head output the classifier reads (None: :func:`head_input_rule` on
     ``source``); ``ema`` takes each weight from its ``ema_model/`` copy where there is one.
     """
     all_names = set(names.values())
@@ -331,12 +331,12 @@ def plan_conversion(
     has_head = any(role[0] == "head" for role in roles)
     if head_input is not None and not has_head and head_input != 0:
         raise UserError(f"{source} has no projection head; --head-input must be 0 (h)")
-    selector, rule = (
-        (head_input, "--head-input") if head_input is not None else selector_rule(source)
+    head_input, rule = (
+        (head_input, "--head-input") if head_input is not None else head_input_rule(source)
     )
     if not has_head:
-        selector, rule = 0, "h: there is no projection head"
-    model = _build(spec, roles, shapes, selector, source)
+        head_input, rule = 0, "h: there is no projection head"
+    model = _build(spec, roles, shapes, head_input, source)
 
     _check_layer_counts(model, roles, source)
     sources: dict[str, dict[str, tuple[str, Role]]] = defaultdict(dict)
@@ -427,7 +427,7 @@ def convert(
         "source": str(bundle.prefix),
         "layout": plan.layout,
         "ema": ema,
-        "head_input_rule": plan.selector_rule,
+        "head_input_rule": plan.head_input_rule,
     }
     if step_key is not None:
         model.info["global_step"] = int(bundle.read(step_key).reshape(-1)[0])

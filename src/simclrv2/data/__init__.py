@@ -10,6 +10,7 @@ from simclrv2.data.sources import load_dataset
 from simclrv2.data.splits import (
     class_balanced_indices,
     indices_from_names,
+    labelled_indices,
     load_indices,
     save_indices,
 )
@@ -22,6 +23,7 @@ __all__ = [
     "epoch_batches",
     "epoch_order",
     "indices_from_names",
+    "labelled_indices",
     "load_dataset",
     "load_indices",
     "save_indices",

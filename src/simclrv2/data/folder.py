@@ -27,6 +27,7 @@ import numpy as np
 import torch
 from PIL import Image
 
+from simclrv2.atomic import atomic_file, write_text
 from simclrv2.data.dataset import UNLABELLED, ImageDataset, check_split
 from simclrv2.errors import UserError
 
@@ -174,26 +175,15 @@ def _listing(labels, classes, names, skipped) -> dict:
     }
 
 
-def _partial(path: Path) -> Path:
-    """Where this process writes ``path`` before renaming it into place (several processes of one
-    run may fill the same cache at once; each renames a complete file)."""
-    return path.with_name(f"{path.name}.{os.getpid()}.partial")
-
-
 def _decode_to_cache(npy: Path, files: list[Path], size: int, workers: int, strict: bool):
-    """Decode into ``npy`` through a memory map; returns the skipped files."""
+    """Decode into ``npy`` through a memory map, written atomically; returns the skipped files.
+    The decoded rows come first; the rows of skipped files stay zero at the end, unread."""
     npy.parent.mkdir(parents=True, exist_ok=True)
-    partial = _partial(npy)
-    out = np.lib.format.open_memmap(partial, "w+", np.uint8, (len(files), 3, size, size))
-    skipped = _decode_all(files, size, out, workers, strict)
-    if skipped:  # the .npy header counts every file: save the decoded rows alone
-        np.save(npy, out[: len(files) - len(skipped)])
-        del out
-        partial.unlink()
-    else:
+    with atomic_file(npy) as staging:
+        out = np.lib.format.open_memmap(staging, "w+", np.uint8, (len(files), 3, size, size))
+        skipped = _decode_all(files, size, out, workers, strict)
         out.flush()
         del out
-        os.replace(partial, npy)
     return skipped
 
 
@@ -226,10 +216,9 @@ def read_folder(
         npy, meta = Path(cache_dir) / f"{stem}.npy", Path(cache_dir) / f"{stem}.json"
         if not (meta.is_file() and npy.is_file()):  # .json written last: the .npy is complete
             skipped = _decode_to_cache(npy, files, size, workers, strict)
-            partial = _partial(meta)
-            partial.write_text(json.dumps(_listing(labels, classes, names, skipped)))
-            os.replace(partial, meta)
-        images, listing = np.load(npy, mmap_mode="c"), json.loads(meta.read_text())
+            write_text(meta, json.dumps(_listing(labels, classes, names, skipped)))
+        listing = json.loads(meta.read_text())
+        images = np.load(npy, mmap_mode="c")[: len(listing["names"])]
     if listing["skipped"]:
         name, problem = listing["skipped"][0]
         if not listing["names"]:

@@ -1,6 +1,6 @@
 """Label fractions: which images keep their labels for fine-tuning (SimCLRv2's 1% and 10% subsets).
 
-Three ways to choose them: a class-balanced seeded draw (by fraction or by count per class), an
+:func:`labelled_indices` reads every form a user writes (``--labels``); three ways underneath: a class-balanced seeded draw (by fraction or by count per class), an
 index file saved by a previous run, or a list of file names in the shape of the authors' ImageNet
 ``1percent.txt`` / ``10percent.txt`` (one name per line, e.g. ``n01558993_4148.JPEG``).
 """
@@ -57,6 +57,37 @@ def class_balanced_indices(
     sorted_labels = labels[by_class]
     rank = torch.arange(len(by_class)) - torch.searchsorted(sorted_labels, sorted_labels)
     return by_class[rank < per_class].sort().values
+
+
+PER_CLASS = "-per-class"
+
+
+def labelled_indices(dataset: ImageDataset, spec: str | float, seed: int) -> Tensor:
+    """The indices a label spec names: a fraction (0.01 or "1%") or a count per class
+    ("25-per-class"), drawn class-balanced with ``seed``; or a file, either an index file that
+    :func:`save_indices` wrote or a list of file names (the authors' ImageNet subsets)."""
+    if not isinstance(spec, str):
+        return class_balanced_indices(dataset.labels, fraction=spec, seed=seed)
+    text = spec.strip()
+    count = text.removesuffix(PER_CLASS)
+    if text.endswith(PER_CLASS) and count.isdigit():
+        return class_balanced_indices(dataset.labels, per_class=int(count), seed=seed)
+    try:
+        fraction = float(text[:-1]) / 100 if text.endswith("%") else float(text)
+    except ValueError:
+        path = Path(text)
+        if not path.is_file():
+            raise UserError(
+                f"--labels {text!r} is neither a fraction (0.01, 1%), a count (25{PER_CLASS}) "
+                "nor an existing file"
+            ) from None
+        try:
+            return load_indices(path, size=len(dataset))
+        except UserError:
+            return indices_from_names(dataset, path)
+    if not 0 < fraction <= 1:
+        raise UserError(f"--labels {text!r} must be a fraction in (0, 1], e.g. 0.01 or 1%")
+    return class_balanced_indices(dataset.labels, fraction=fraction, seed=seed)
 
 
 def save_indices(path: str | os.PathLike, indices: Iterable[int], comment: str = "") -> None:

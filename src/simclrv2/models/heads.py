@@ -2,7 +2,7 @@
 
 v1 (SimCLR, Sec. 2.1): 2 layers, d -> d (ReLU) -> 128. v2 (SimCLRv2, Sec. 2): 3 layers. As in the
 authors' code every layer is a bias-free Linear followed by BatchNorm; hidden layers end in ReLU and
-the last layer's BatchNorm has a scale but no shift. Fine-tuning reads layer ``selector`` of g:
+the last layer's BatchNorm has a scale but no shift. Fine-tuning reads output ``head_input`` of g:
 0 = h (v1), 1 = output of the first head layer (v2 default), -1 = z.
 """
 
@@ -66,19 +66,19 @@ class ProjectionHead(nn.Module):
     def num_layers(self) -> int:
         return len(self.layers)
 
-    def prefix(self, selector: int) -> nn.Sequential:
-        """The first layers of g up to the output that ``selector`` names (shared, not copied)."""
-        count = selector if selector >= 0 else self.num_layers + 1 + selector
+    def prefix(self, head_input: int) -> nn.Sequential:
+        """The first layers of g up to the output ``head_input`` names (shared, not copied)."""
+        count = head_input if head_input >= 0 else self.num_layers + 1 + head_input
         if not 0 <= count <= self.num_layers:
             raise UserError(
-                f"head selector {selector} is out of range for a {self.num_layers}-layer head; "
+                f"head input {head_input} is out of range for a {self.num_layers}-layer head; "
                 f"use 0 (h) to {self.num_layers}, or -1 (z)"
             )
         return nn.Sequential(*self.layers[:count])
 
-    def output_dim(self, selector: int) -> int:
-        """Width of the output that ``selector`` names."""
-        count = len(self.prefix(selector))
+    def output_dim(self, head_input: int) -> int:
+        """Width of the output that ``head_input`` names."""
+        count = len(self.prefix(head_input))
         if count == 0:
             return self.in_dim
         return self.out_dim if count == self.num_layers else self.hidden_dim
@@ -110,12 +110,12 @@ class Classifier(nn.Module):
 
     @classmethod
     def from_pretrained(
-        cls, encoder: nn.Module, projection_head: ProjectionHead, selector: int, num_classes: int
+        cls, encoder: nn.Module, projection_head: ProjectionHead, head_input: int, num_classes: int
     ) -> Classifier:
-        """v2 fine-tuning: keep g up to ``selector`` (1 by default in the paper) and add a classifier."""
-        head = projection_head.prefix(selector)
+        """v2 fine-tuning: keep g up to ``head_input`` (1 in the paper) and add a classifier."""
+        head = projection_head.prefix(head_input)
         return cls(
-            encoder, head, LinearClassifier(projection_head.output_dim(selector), num_classes)
+            encoder, head, LinearClassifier(projection_head.output_dim(head_input), num_classes)
         )
 
     def representation(self, x: Tensor) -> Tensor:

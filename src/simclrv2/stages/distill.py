@@ -10,55 +10,49 @@ teacher sees the same view as the student.
 
 from __future__ import annotations
 
-import time
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from simclrv2 import build
 from simclrv2.augment import crop_flip
 from simclrv2.config import Config
 from simclrv2.data import ImageDataset
+from simclrv2.evaluation import classifier_accuracy
 from simclrv2.export import ExportedModel
 from simclrv2.losses import distillation_loss
-from simclrv2.metrics import LOG
 from simclrv2.models import Classifier, LinearClassifier, arch_name
 from simclrv2.runtime import Runtime
-from simclrv2.stages.common import (
-    build_stage_encoder,
-    classifier_accuracy,
-    export,
-    open_stage,
-    optimizer_and_schedule,
-    train_image_size,
-    write_results,
-)
-from simclrv2.stages.finetune import ClassifierResult
-from simclrv2.training import fit
+from simclrv2.training import Stage, StageResult, fit
 
 
 def distill(
-    config: Config, directory: Path, unlabelled: ImageDataset, labelled: ImageDataset | None, test: ImageDataset,
-    runtime: Runtime, teacher: Classifier,
-) -> ClassifierResult:  # fmt: skip
-    started = time.perf_counter()
-    settings, stage = config.distill, open_stage("distill", directory, runtime, config.runtime.seed)
-    size = train_image_size(config.data.image_size, unlabelled)
+    config: Config,
+    directory: Path,
+    unlabelled: ImageDataset,
+    labelled: ImageDataset | None,
+    test: ImageDataset,
+    runtime: Runtime,
+    teacher: Classifier,
+) -> StageResult:
+    """Train a student on ``unlabelled`` to match ``teacher`` (and on ``labelled`` when
+    ``distill.alpha`` < 1); evaluate it on ``test``."""
+    settings = config.distill
+    stage = Stage.open("distill", directory, runtime, config.runtime.seed)
+    size = unlabelled.image_size
     teacher = runtime.module(teacher).eval().requires_grad_(False)
     arch = settings.student_arch or arch_name(teacher.encoder.spec)
-    encoder = build_stage_encoder(config.model, arch, unlabelled, size)
+    encoder = build.encoder(config.model, arch, unlabelled)
     num_classes = teacher.linear.out_features
     student = runtime.module(
         Classifier(encoder, nn.Sequential(), LinearClassifier(encoder.out_dim, num_classes))
     )
-    optimizer, schedule = optimizer_and_schedule(
-        settings,
-        student,
-        settings.epochs,
-        settings.batch_size,
-        len(unlabelled),
-    )  # the student is trained from scratch: its classifier is adapted by LARS like every layer
+    # the student is trained from scratch: its classifier is adapted by LARS like every layer
+    optimizer, schedule = build.optimizer_and_schedule(
+        settings, student, settings.epochs, settings.batch_size, len(unlabelled)
+    )
     mix_labels = settings.alpha < 1 and labelled is not None
 
     def step(images: Tensor, labels: Tensor, generator: torch.Generator) -> dict[str, Tensor]:
@@ -83,17 +77,17 @@ def distill(
         return values | {"loss": loss}
 
     fit(
-        stage, step, {"student": student}, optimizer, schedule, unlabelled, batch_size=settings.batch_size,
-        epochs=settings.epochs, seed=config.runtime.seed,
-    )  # fmt: skip
-    metrics = classifier_accuracy(student, test, runtime, size) | {"student": arch}
-    metrics["seconds"] = (
-        time.perf_counter() - started
-    )  # this invocation (a resumed run counts its own part)
-    exported = ExportedModel(
-        encoder, None, student.linear, 0, info={"stage": "distill", "student": arch}
+        stage,
+        step,
+        {"student": student},
+        optimizer,
+        schedule,
+        unlabelled,
+        batch_size=settings.batch_size,
+        epochs=settings.epochs,
+        seed=config.runtime.seed,
     )
-    export(exported, directory / "model")
-    write_results(directory, metrics)
-    LOG.info("distill (%s student): top-1 %.2f%%", arch, metrics["top1"])
-    return ClassifierResult(student, exported, metrics)
+    metrics = classifier_accuracy(student, test, runtime, size) | {"student": arch}
+    info = {"stage": "distill", "student": arch}
+    exported = ExportedModel(encoder, None, student.linear, 0, info)
+    return stage.finish(exported, metrics, f"{arch} student, top-1 {metrics['top1']:.2f}%")

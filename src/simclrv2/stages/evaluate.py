@@ -1,4 +1,5 @@
-"""Evaluation of a trained encoder's representation h: linear evaluation and weighted kNN."""
+"""Evaluation of a trained encoder's representation h: linear evaluation and weighted kNN, on
+features of the frozen encoder cached once (:mod:`simclrv2.evaluation` holds the protocols)."""
 
 from __future__ import annotations
 
@@ -16,22 +17,17 @@ from simclrv2.evaluation import (
 from simclrv2.export import ExportedModel
 from simclrv2.optim import scaled_learning_rate
 from simclrv2.runtime import Runtime
-from simclrv2.stages.common import train_image_size
 
 
-def _train_test_features(
-    config: Config,
-    exported: ExportedModel,
-    train: ImageDataset,
-    test: ImageDataset,
-    runtime: Runtime,
+def _labelled_features(
+    exported: ExportedModel, train: ImageDataset, test: ImageDataset, runtime: Runtime
 ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-    """h and labels of the labelled training and test images (frozen encoder, evaluation crop)."""
-    size = train_image_size(config.data.image_size, train)
+    """h and labels of the labelled training and test images (frozen encoder, evaluation crop at
+    the training images' size)."""
     encoder = runtime.module(exported.encoder).eval()
 
     def labelled(data: ImageDataset) -> tuple[Tensor, Tensor]:
-        features, labels = extract(encoder, data, runtime, size)
+        features, labels = extract(encoder, data, runtime, train.image_size)
         known = labels >= 0
         return features[known], labels[known]
 
@@ -45,8 +41,8 @@ def linear_eval(
     test: ImageDataset,
     runtime: Runtime,
 ) -> dict:
-    """Linear evaluation (frozen encoder, features cached once) on all labelled training images."""
-    train_h, train_y, test_h, test_y = _train_test_features(config, exported, train, test, runtime)
+    """Linear evaluation on all labelled training images, reported on ``test``."""
+    train_h, train_y, test_h, test_y = _labelled_features(exported, train, test, runtime)
     settings = config.linear
     if settings.method == "lbfgs":
         probe = fit_linear_lbfgs(train_h, train_y, train.num_classes, settings.l2)
@@ -75,8 +71,7 @@ def knn_eval(
     runtime: Runtime,
 ) -> dict:
     """Weighted kNN accuracy of h with the labelled training images as the bank."""
-    bank, bank_y, queries, labels = _train_test_features(config, exported, train, test, runtime)
-    settings = config.pretrain
-    return knn_accuracy(
-        bank, bank_y, queries, labels, train.num_classes, settings.knn_k, settings.knn_temperature
-    ) | {"k": settings.knn_k}
+    bank, bank_y, queries, labels = _labelled_features(exported, train, test, runtime)
+    k, temperature = config.knn.k, config.knn.temperature
+    scores = knn_accuracy(bank, bank_y, queries, labels, train.num_classes, k, temperature)
+    return scores | {"k": k}

@@ -13,9 +13,7 @@ the network in chunks with gradient caching (:mod:`simclrv2.gradcache`, where th
 
 from __future__ import annotations
 
-import time
 from contextlib import nullcontext
-from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
 
@@ -23,7 +21,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from simclrv2 import distributed
+from simclrv2 import build, distributed
 from simclrv2.config import Config
 from simclrv2.data import ImageDataset
 from simclrv2.evaluation import extract, knn_accuracy, topk_accuracy
@@ -31,35 +29,9 @@ from simclrv2.export import ExportedModel
 from simclrv2.gradcache import check_chunk_size, chunked_forward
 from simclrv2.losses import nt_xent
 from simclrv2.memory import EmbeddingQueue, MovingAverage
-from simclrv2.metrics import LOG
-from simclrv2.models import ContrastiveModel, LinearClassifier, ProjectionHead
+from simclrv2.models import LinearClassifier
 from simclrv2.runtime import Runtime
-from simclrv2.stages.common import (
-    build_stage_encoder,
-    export,
-    open_stage,
-    optimizer_and_schedule,
-    pretrain_augment,
-    train_image_size,
-    write_results,
-)
-from simclrv2.training import fit
-
-
-@dataclass
-class PretrainResult:
-    model: ExportedModel
-    metrics: dict[str, float]
-
-
-def build_contrastive_model(
-    config: Config, data: ImageDataset, image_size: int
-) -> ContrastiveModel:
-    encoder = build_stage_encoder(config.model, config.model.arch, data, image_size)
-    m = config.model
-    return ContrastiveModel(
-        encoder, ProjectionHead(encoder.out_dim, m.head_layers, m.head_hidden_dim, m.proj_dim)
-    )
+from simclrv2.training import Stage, StageResult, fit
 
 
 def pretrain(
@@ -68,14 +40,12 @@ def pretrain(
     train: ImageDataset,
     test: ImageDataset | None,
     runtime: Runtime,
-) -> PretrainResult:
-    started = time.perf_counter()
-    settings, stage = (
-        config.pretrain,
-        open_stage("pretrain", directory, runtime, config.runtime.seed),
-    )
-    size = train_image_size(config.data.image_size, train)
-    model = runtime.module(build_contrastive_model(config, train, size))
+) -> StageResult:
+    """SimCLR on ``train`` (its labels, if any, feed only the online classifier and the kNN bank);
+    the monitors read ``test``."""
+    settings, size = config.pretrain, train.image_size
+    stage = Stage.open("pretrain", directory, runtime, config.runtime.seed)
+    model = runtime.module(build.contrastive_model(config, train))
     labelled = bool((train.labels >= 0).any())
     online = (
         runtime.module(LinearClassifier(model.encoder.out_dim, train.num_classes))
@@ -83,7 +53,7 @@ def pretrain(
         else None
     )
     trained = nn.ModuleDict({"model": model} | ({"online": online} if online else {}))
-    optimizer, schedule = optimizer_and_schedule(
+    optimizer, schedule = build.optimizer_and_schedule(
         settings,
         trained,
         settings.epochs,
@@ -91,7 +61,7 @@ def pretrain(
         len(train),
         classifiers=(online,) if online else (),
     )
-    augment = pretrain_augment(config.augment, size)
+    augment = build.pretrain_augment(config.augment, size)
     chunk = settings.chunk_size
     check_chunk_size(chunk, settings.batch_size // distributed.world_size())
     encode = partial(chunked_forward, model, chunk_size=chunk) if chunk else model
@@ -126,18 +96,13 @@ def pretrain(
     def monitor(epoch: int) -> dict[str, float]:
         if test is None or not labelled:
             return {}
+        knn = config.knn
         return evaluate_representation(
-            model.encoder,
-            online,
-            train,
-            test,
-            runtime,
-            size,
-            settings.knn_k,
-            settings.knn_temperature,
+            model.encoder, online, train, test, runtime, size, knn.k, knn.temperature
         )
 
-    def monitor_during(epoch: int) -> dict[str, float]:  # the last epoch is evaluated once, below
+    def monitor_during(epoch: int) -> dict[str, float]:
+        """The monitors every ``knn_every`` epochs; the last epoch's run once, after training."""
         every = settings.knn_every
         return monitor(epoch) if every and epoch % every == 0 and epoch < settings.epochs else {}
 
@@ -146,33 +111,37 @@ def pretrain(
         saved["memory"] = nn.ModuleDict({"queue": queue, "ema": ema})
     with distributed.global_batchnorm(model) if settings.global_bn else nullcontext():
         position = fit(
-            stage, step, saved, optimizer, schedule, train, batch_size=settings.batch_size,
-            epochs=settings.epochs, seed=config.runtime.seed, end_of_epoch=monitor_during,
+            stage,
+            step,
+            saved,
+            optimizer,
+            schedule,
+            train,
+            batch_size=settings.batch_size,
+            epochs=settings.epochs,
+            seed=config.runtime.seed,
+            end_of_epoch=monitor_during,
             checkpoint_every=settings.checkpoint_every,
-        )  # fmt: skip
+        )
     metrics = monitor(settings.epochs)
-    metrics["seconds"] = (
-        time.perf_counter() - started
-    )  # this invocation (a resumed run counts its own part)
     stage.metrics.write(position.step, settings.epochs, metrics)
-    exported = ExportedModel(
-        model.encoder,
-        model.projection_head,
-        online,
-        selector=0,
-        info={"stage": "pretrain", "preset": config.preset},
-    )
-    export(exported, directory / "model")
-    write_results(directory, metrics)
-    LOG.info("pretrain: %s", ", ".join(f"{k} {v:.2f}" for k, v in metrics.items()) or "done")
-    return PretrainResult(exported, metrics)
+    info = {"stage": "pretrain", "preset": config.preset}
+    exported = ExportedModel(model.encoder, model.projection_head, online, head_input=0, info=info)
+    summary = ", ".join(f"{k} {v:.2f}" for k, v in metrics.items()) or "done"
+    return stage.finish(exported, metrics, summary)
 
 
 def evaluate_representation(
-    encoder: nn.Module, online: nn.Module | None, train: ImageDataset, test: ImageDataset, runtime: Runtime,
-    image_size: int, k: int, temperature: float,
-) -> dict[str, float]:  # fmt: skip
-    """kNN accuracy of h (train as the bank) and the online classifier's accuracy on the test split."""
+    encoder: nn.Module,
+    online: nn.Module | None,
+    train: ImageDataset,
+    test: ImageDataset,
+    runtime: Runtime,
+    image_size: int,
+    k: int,
+    temperature: float,
+) -> dict[str, float]:
+    """kNN accuracy of h (train as the bank) and the online classifier's accuracy on ``test``."""
     encoder.eval()
     bank, bank_labels = extract(encoder, train, runtime, image_size)
     queries, labels = extract(encoder, test, runtime, image_size)

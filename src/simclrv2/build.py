@@ -1,0 +1,85 @@
+"""From a config to the objects a stage trains with: the data, the encoder and the contrastive
+model, the pretraining augmentation, the optimiser and its schedule.
+
+The one place where config sections meet the building blocks, so that the blocks (data, models,
+augment, optim) never see a config and the stages never repeat how a block is made.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from simclrv2 import distributed
+from simclrv2.augment import SimCLRAugment
+from simclrv2.config import AugmentConfig, Config, DataConfig, ModelConfig, OptimizerConfig
+from simclrv2.data import ImageDataset, batches_per_epoch, load_dataset
+from simclrv2.models import ContrastiveModel, ProjectionHead, ResNet, build_encoder
+from simclrv2.optim import WarmupCosine, build_optimizer, scaled_learning_rate
+
+
+def dataset(settings: DataConfig, split: str) -> ImageDataset:
+    """One split of the configured data source, at the configured image size."""
+    return load_dataset(
+        settings.source,
+        split,
+        image_size=settings.image_size,
+        strict=settings.strict,
+        cache_dir=settings.cache_dir,
+        workers=settings.num_workers,
+    )
+
+
+def encoder(settings: ModelConfig, arch: str, data: ImageDataset) -> ResNet:
+    """An encoder ``arch`` for these images: their channels and size (the stem rule), the
+    configured stem and initialisation."""
+    return build_encoder(
+        arch, data.image_size, data.channels, settings.cifar_stem, settings.zero_init_residual
+    )
+
+
+def contrastive_model(config: Config, data: ImageDataset) -> ContrastiveModel:
+    """The configured encoder f with its projection head g, for pretraining on ``data``."""
+    f = encoder(config.model, config.model.arch, data)
+    settings = config.model
+    g = ProjectionHead(f.out_dim, settings.head_layers, settings.head_hidden_dim, settings.proj_dim)
+    return ContrastiveModel(f, g)
+
+
+def pretrain_augment(settings: AugmentConfig, size: int) -> SimCLRAugment:
+    """The pretraining views ``settings`` ask for, at ``size`` px."""
+    return SimCLRAugment(
+        size=size,
+        jitter_strength=settings.jitter_strength,
+        blur=settings.blur,
+        brightness=settings.brightness,
+        crop_scale=(settings.crop_min_area, 1.0),
+    )
+
+
+def optimizer_and_schedule(
+    settings: OptimizerConfig,
+    model: nn.Module,
+    epochs: int,
+    batch_size: int,
+    dataset_size: int,
+    classifiers: tuple[nn.Module, ...] = (),
+) -> tuple[torch.optim.Optimizer, WarmupCosine]:
+    """The optimiser over ``model``'s parameter groups, and warm-up + cosine over the whole run,
+    with the learning rate scaled by the global batch size."""
+    peak = scaled_learning_rate(settings.base_lr, batch_size, settings.lr_scaling)
+    steps = batches_per_epoch(
+        dataset_size, batch_size, drop_last=True, world_size=distributed.world_size()
+    )
+    schedule = WarmupCosine.from_warmup(
+        peak, epochs * steps, settings.warmup, settings.warmup_unit, steps
+    )
+    optimizer = build_optimizer(
+        settings.optimizer,
+        model,
+        peak,
+        settings.weight_decay,
+        settings.momentum,
+        classifiers=classifiers,
+    )
+    return optimizer, schedule

@@ -1,0 +1,230 @@
+"""The settings of a run: one dataclass per section, every default once, ranges on the fields.
+
+A numeric field may declare its range (:func:`positive`, :func:`at_least`, :func:`within`);
+:func:`check_ranges` is the one rule that checks them all, for overrides, YAML files and saved
+configs alike. Types are checked when values are set (:mod:`simclrv2.config.overrides`).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from dataclasses import asdict, dataclass, field
+from typing import Any, Literal
+
+import yaml
+
+from simclrv2.errors import UserError
+
+RANGE = "range"  # the field-metadata key of a declared range
+
+
+@dataclass(frozen=True)
+class Range:
+    """An interval of allowed values; an open end excludes its bound, a missing one is infinite."""
+
+    low: float = -math.inf
+    high: float = math.inf
+    low_open: bool = False
+    high_open: bool = False
+
+    def __contains__(self, value: float) -> bool:
+        above = value > self.low if self.low_open else value >= self.low
+        below = value < self.high if self.high_open else value <= self.high
+        return above and below
+
+    def __str__(self) -> str:
+        if self.high == math.inf:
+            return "positive" if (self.low, self.low_open) == (0, True) else f">= {self.low:g}"
+        left, right = "(" if self.low_open else "[", ")" if self.high_open else "]"
+        return f"in {left}{self.low:g}, {self.high:g}{right}"
+
+
+def _ranged(default: Any, allowed: Range) -> Any:
+    if isinstance(default, list):  # a mutable default: each instance gets its own copy
+        return field(default_factory=default.copy, metadata={RANGE: allowed})
+    return field(default=default, metadata={RANGE: allowed})
+
+
+def positive(default: Any) -> Any:
+    """A field whose value must be above 0."""
+    return _ranged(default, Range(0, low_open=True))
+
+
+def at_least(low: float, default: Any) -> Any:
+    """A field whose value must be at least ``low``."""
+    return _ranged(default, Range(low))
+
+
+def within(low: float, high: float, default: Any, *, low_open=False, high_open=False) -> Any:
+    """A field (or each item of a list field) whose value must lie between ``low`` and ``high``."""
+    return _ranged(default, Range(low, high, low_open, high_open))
+
+
+@dataclass
+class ModelConfig:
+    arch: str = "r50_1x_sk0"  # r<depth>_<width>x_sk<0|1>, the authors' naming
+    head_layers: int = positive(3)  # projection head depth: 2 in v1, 3 in v2 (SimCLRv2 Sec. 2)
+    head_hidden_dim: int | None = positive(None)  # None = the encoder's width (authors' code)
+    proj_dim: int = positive(128)  # z dimension (both papers)
+    # the head output a classifier reads: 1 (first layer) in v2, 0 (= h) in v1, -1 = z
+    head_input: int = at_least(-1, 1)
+    # None: the CIFAR stem for inputs of 32 px or less (the authors' rule)
+    cifar_stem: bool | None = None
+    # the last BN of each residual branch starts at gamma 0 (authors); false: 1 (torchvision)
+    zero_init_residual: bool = True
+
+
+@dataclass
+class DataConfig:
+    source: str | None = None  # None = the embedded Fashion-MNIST subset; else a path (README)
+    image_size: int | None = at_least(8, None)  # training side in px; None = the data's own
+    test_split: str = "test"  # held-out split for the kNN monitor and every evaluation
+    cache_dir: str | None = None  # on-disk uint8 cache for decoded image folders
+    num_workers: int = at_least(0, 2)  # decoding processes for image folders; 0 = one per CPU
+    strict: bool = False  # a corrupt image is an error (else skipped with a warning and a count)
+
+
+@dataclass
+class AugmentConfig:
+    jitter_strength: float = at_least(0, 1.0)  # s: 1.0 ImageNet, 0.5 CIFAR-10 (SimCLR App. A)
+    blur: bool = True  # off for 32 px CIFAR-10 in the reference
+    brightness: Literal["v1", "v2"] = "v2"  # v2 multiplies, v1 adds a shift
+    crop_min_area: float = within(0, 1, 0.08, low_open=True)  # crop area U(crop_min_area, 1)
+
+
+@dataclass
+class OptimizerConfig:
+    """An optimiser and its learning-rate schedule."""
+
+    optimizer: Literal["lars", "sgd", "adamw"] = "lars"
+    base_lr: float = at_least(0, 0.3)  # before scaling
+    lr_scaling: Literal["linear", "sqrt"] = "linear"  # linear: base*B/256; sqrt: base*sqrt(B)
+    weight_decay: float = at_least(0, 1e-6)
+    momentum: float = within(0, 1, 0.9, high_open=True)
+    warmup: float = at_least(0, 10.0)
+    warmup_unit: Literal["epochs", "fraction"] = "epochs"
+
+
+@dataclass
+class TrainingConfig(OptimizerConfig):
+    """A training stage: its budget and its optimiser."""
+
+    epochs: int = positive(100)
+    batch_size: int = positive(4096)  # global batch, over all processes
+
+
+@dataclass
+class PretrainConfig(TrainingConfig):
+    temperature: float = positive(0.1)  # NT-Xent tau: 0.1 ImageNet, 0.5 CIFAR-10
+    online_linear: bool = True  # linear classifier on stop-gradient h, trained alongside
+    knn_every: int = at_least(0, 1)  # epochs between kNN monitor runs; 0 = only at the end
+    checkpoint_every: int = at_least(0, 200)  # optimiser steps between checkpoints (+ epoch ends)
+    global_bn: bool = True  # BatchNorm statistics over all processes (SimCLR's global BN)
+    chunk_size: int = at_least(0, 0)  # views per pass with gradient caching; 0 = whole batch
+    memory_size: int = at_least(0, 0)  # SimCLRv2's queue of past z as negatives: 65,536; 0 = off
+    memory_momentum: float = within(0, 1, 0.999, high_open=True)  # EMA network's decay (v2)
+
+
+@dataclass
+class FinetuneConfig(TrainingConfig):
+    # SimCLRv2 Sec. 3: no weight decay, no warm-up, lr 0.005*sqrt(B), batch 1024, 60/30 epochs.
+    label_fractions: list[float] = within(0, 1, [0.01, 0.1], low_open=True)
+    label_seed: int = 0  # seed of the class-balanced label subsets
+    epochs: int = positive(60)
+    batch_size: int = positive(1024)
+    base_lr: float = at_least(0, 0.005)
+    lr_scaling: Literal["linear", "sqrt"] = "sqrt"
+    weight_decay: float = at_least(0, 0.0)
+    warmup: float = at_least(0, 0.0)
+
+
+@dataclass
+class SupervisedConfig(OptimizerConfig):
+    """The supervised-from-scratch baseline: its own optimiser (a network trained from scratch
+    needs a larger learning rate than fine-tuning) on fine-tuning's budget (``finetune.epochs`` and
+    ``finetune.batch_size``), so that the comparison is at equal cost."""
+
+    weight_decay: float = at_least(0, 1e-4)
+    warmup: float = at_least(0, 0.0)
+
+
+@dataclass
+class DistillConfig(TrainingConfig):
+    student_arch: str | None = None  # None = self-distillation (the teacher's architecture)
+    temperature: float = positive(0.1)  # 0.1 self-distillation, 1.0 big-to-small (SimCLRv2 Sec. 3)
+    alpha: float = within(0, 1, 1.0)  # weight of the distillation loss; 1 - alpha: labelled CE
+    scale_by_t2: bool = False  # multiply by tau^2 as the authors' colab does
+    # SimCLRv2 Sec. 3: the pretraining schedule, weight decay and batch size; 400 epochs.
+    epochs: int = positive(400)
+
+
+@dataclass
+class LinearEvalConfig:
+    method: Literal["lbfgs", "sgd"] = "lbfgs"  # L-BFGS logistic regression on cached h, or SGD
+    l2: float = at_least(0, 1e-4)  # L2 penalty of the logistic regression (lbfgs)
+    epochs: int = positive(90)  # SGD on cached features (SimCLR: 90 epochs, Nesterov, no decay)
+    batch_size: int = positive(4096)
+    base_lr: float = at_least(0, 0.1)
+    lr_scaling: Literal["linear", "sqrt"] = "linear"
+
+
+@dataclass
+class KnnConfig:
+    """The weighted kNN evaluation of h: the pretraining monitor and ``simclrv2 knn``."""
+
+    k: int = positive(200)  # neighbours that vote (the peers' k = 200)
+    temperature: float = positive(0.1)  # votes weigh exp(cosine / temperature)
+
+
+@dataclass
+class RuntimeConfig:
+    seed: int = 0
+    device: str = "auto"  # auto: CUDA when present, else CPU
+    # auto: bf16 autocast where the device has native bf16 (CUDA; CPUs with AVX512-BF16 or AMX)
+    precision: Literal["auto", "fp32", "bf16"] = "auto"
+    channels_last: bool = True
+    compile: bool = False  # torch.compile the networks
+    # CPU: glibc keeps freed blocks for reuse instead of returning them (simclrv2.runtime)
+    retain_freed_memory: bool = True
+
+
+@dataclass
+class Config:
+    preset: str = "imagenet-v2"
+    model: ModelConfig = field(default_factory=ModelConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    augment: AugmentConfig = field(default_factory=AugmentConfig)
+    pretrain: PretrainConfig = field(default_factory=PretrainConfig)
+    finetune: FinetuneConfig = field(default_factory=FinetuneConfig)
+    distill: DistillConfig = field(default_factory=DistillConfig)
+    supervised: SupervisedConfig = field(default_factory=SupervisedConfig)
+    linear: LinearEvalConfig = field(default_factory=LinearEvalConfig)
+    knn: KnnConfig = field(default_factory=KnnConfig)
+    runtime: RuntimeConfig = field(default_factory=RuntimeConfig)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    def to_yaml(self) -> str:
+        return yaml.safe_dump(self.to_dict(), sort_keys=False)
+
+
+def check_ranges(config: Config) -> Config:
+    """Every field's value (each item of a list) inside its declared range, else a one-line error."""
+    for section in dataclasses.fields(config):
+        settings = getattr(config, section.name)
+        if not dataclasses.is_dataclass(settings):
+            continue
+        for setting in dataclasses.fields(settings):
+            allowed, value = setting.metadata.get(RANGE), getattr(settings, setting.name)
+            key = f"{section.name}.{setting.name}"
+            if allowed is None or value is None:
+                continue
+            if isinstance(value, list):
+                for item in value:
+                    if item not in allowed:
+                        raise UserError(f"{key} holds {item}; each must be {allowed}")
+            elif value not in allowed:
+                raise UserError(f"{key} must be {allowed}, got {value}")
+    return config

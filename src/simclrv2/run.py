@@ -1,0 +1,65 @@
+"""A run's life around its stages: the runtime, the process group of a torchrun launch, the run
+directory (new, or one to resume) and the log, in one context manager that the CLI and Python
+callers share.
+
+Called once every input has been checked: a new run that fails with a :class:`UserError` before
+its first checkpoint leaves nothing behind, so the same ``out`` can be given again.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+from simclrv2 import distributed
+from simclrv2.config import Config
+from simclrv2.errors import UserError
+from simclrv2.metrics import setup_logging
+from simclrv2.rundir import check_writable, new_run
+from simclrv2.runtime import Runtime, resolve_runtime
+
+
+@dataclass(frozen=True)
+class Run:
+    """Where a run writes (``directory``) and how its tensors run (``runtime``)."""
+
+    directory: Path
+    runtime: Runtime
+
+
+@contextlib.contextmanager
+def open_run(
+    command: str, config: Config, out: str | Path | None = None, resume: str | Path | None = None
+) -> Iterator[Run]:
+    """The run of ``command``: ``resume`` continues the run in that directory; else a new one in
+    ``out`` (default ``runs/<command>-<preset>-<time>``), which rank 0 creates and every process
+    of a torchrun launch joins."""
+    runtime = resolve_runtime(config.runtime)
+    distributed.init_from_environment(runtime.device)
+    with contextlib.ExitStack() as cleanup:
+        if resume is not None:
+            directory = Path(resume)
+            check_writable(directory)
+        else:
+            directory = _new_directory(cleanup, command, config, out)
+        setup_logging(directory / "log.txt", enabled=distributed.rank() == 0)
+        yield Run(directory, runtime)
+
+
+def _new_directory(
+    cleanup: contextlib.ExitStack, command: str, config: Config, out: str | Path | None
+) -> Path:
+    """Rank 0 creates the new run's directory and gives it, or the error that refused it, to every
+    process; the directory is removed again if the run fails before its first checkpoint."""
+    outcome: Path | UserError | None = None
+    if distributed.rank() == 0:
+        try:
+            outcome = cleanup.enter_context(new_run(command, config, out))
+        except UserError as error:
+            outcome = error
+    outcome = distributed.broadcast_object(outcome)
+    if isinstance(outcome, UserError):
+        raise outcome
+    return outcome
