@@ -22,7 +22,8 @@ import numpy as np
 import torch
 
 from simclrv2.convert.tensorbundle import shard_path, write_bundle
-from simclrv2.convert.tf_simclr import convert, tf1_names
+from simclrv2.convert.tf_names import tf1_names
+from simclrv2.convert.tf_simclr import convert
 from simclrv2.export import ExportedModel
 from simclrv2.models import LinearClassifier, ProjectionHead, ResNet, parse_arch
 from simclrv2.tfio import crc32c

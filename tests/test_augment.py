@@ -13,7 +13,6 @@ import torch
 from PIL import Image
 
 from simclrv2.augment import (
-    GRAY_WEIGHTS,
     SimCLRAugment,
     adjust_contrast,
     adjust_hue,
@@ -28,6 +27,7 @@ from simclrv2.augment import (
     shift_brightness,
     to_grayscale,
 )
+from simclrv2.augment.colour import GRAY_WEIGHTS
 from simclrv2.errors import UserError
 
 

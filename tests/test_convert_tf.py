@@ -7,14 +7,10 @@ import torch
 
 from simclrv2 import load_exported
 from simclrv2.cli import main
-from simclrv2.convert.tensorbundle import (
-    OBJECT_GRAPH_KEY,
-    TensorBundle,
-    object_graph_names,
-    shard_path,
-    write_bundle,
-)
-from simclrv2.convert.tf_simclr import convert, head_input_rule, plan_conversion, tf1_names
+from simclrv2.convert.object_graph import object_graph_names
+from simclrv2.convert.tensorbundle import OBJECT_GRAPH_KEY, TensorBundle, shard_path, write_bundle
+from simclrv2.convert.tf_names import tf1_names
+from simclrv2.convert.tf_simclr import convert, head_input_rule, plan_conversion
 from simclrv2.errors import UserError
 from simclrv2.export import ExportedModel
 from simclrv2.models import PAPER_PARAMS_M, LinearClassifier, ProjectionHead, ResNet, parse_arch

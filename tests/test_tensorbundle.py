@@ -7,16 +7,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from simclrv2.convert.tensorbundle import (
-    OBJECT_GRAPH_KEY,
-    TensorBundle,
-    find_prefix,
-    object_graph_names,
-    read_table,
-    shard_path,
-    write_bundle,
-    write_table,
-)
+from simclrv2.convert.leveldb import read_table, write_table
+from simclrv2.convert.locate import find_prefix
+from simclrv2.convert.object_graph import object_graph_names
+from simclrv2.convert.tensorbundle import OBJECT_GRAPH_KEY, TensorBundle, shard_path, write_bundle
 from simclrv2.errors import UserError
 from simclrv2.tfio import protowire
 from simclrv2.tfio.crc32c import crc32c, mask

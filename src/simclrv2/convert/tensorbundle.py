@@ -1,6 +1,6 @@
 """TensorFlow checkpoints (the TensorBundle format) read and written with numpy alone.
 
-A checkpoint with prefix ``P`` is ``P.index``, a LevelDB table mapping each tensor name to a
+A checkpoint with prefix ``P`` is ``P.index``, a LevelDB table (:mod:`simclrv2.convert.leveldb`) mapping each tensor name to a
 ``BundleEntryProto`` (dtype, shape, shard, offset, size, masked CRC-32C), plus the data shards
 ``P.data-00000-of-0000N`` holding the raw little-endian bytes. The key "" holds the
 ``BundleHeaderProto`` (shard count, endianness). :class:`TensorBundle` lists the entries and reads
@@ -13,7 +13,6 @@ tensors (entries made of slices), big-endian checkpoints.
 
 from __future__ import annotations
 
-import re
 import struct
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
@@ -21,6 +20,7 @@ from pathlib import Path
 
 import numpy as np
 
+from simclrv2.convert.leveldb import read_table, write_table
 from simclrv2.errors import UserError
 from simclrv2.tfio import protowire
 from simclrv2.tfio.crc32c import crc32c, mask
@@ -35,12 +35,6 @@ NUMPY_DTYPES = {
 }
 _DTYPE_IDS = {name: number for number, name in DTYPE_NAMES.items()}
 OBJECT_GRAPH_KEY = "_CHECKPOINTABLE_OBJECT_GRAPH"  # TF2: the TrackableObjectGraph, a string
-
-TABLE_MAGIC = 0xDB4775248B80FB57  # last 8 bytes of every LevelDB table
-FOOTER_BYTES = 48  # two block handles padded to 40 bytes, then the magic
-TRAILER_BYTES = 5  # after each block: compression type (1 byte), masked CRC-32C (4 bytes)
-RESTART_INTERVAL = 16  # keys between full (not prefix-compressed) keys in a written block
-BLOCK_BYTES = 256 << 10  # TensorFlow's table block size
 READ_CHUNK = 8 << 20  # bytes read (and checksummed) at a time
 
 
@@ -60,157 +54,6 @@ class Entry:
     @property
     def numel(self) -> int:
         return int(np.prod(self.shape, dtype=np.int64))
-
-
-# ----------------------------------------------------------------------------------------------
-# LevelDB table: the .index file
-
-
-def _block_handle(buf: bytes, pos: int) -> tuple[int, int, int]:
-    """A BlockHandle (two varints: offset, size) at ``pos`` -> (offset, size, end position)."""
-    offset, pos = protowire.read_varint(buf, pos)
-    size, pos = protowire.read_varint(buf, pos)
-    return offset, size, pos
-
-
-def _read_block(table: bytes, offset: int, size: int, path: Path) -> memoryview:
-    """A block's contents after checking its trailer (no compression, CRC-32C of block + type)."""
-    if offset + size + TRAILER_BYTES > len(table):
-        raise UserError(f"{path} is truncated (a block runs past its end); download it again")
-    block = memoryview(table)[offset : offset + size]
-    kind = table[offset + size]
-    stored = int.from_bytes(table[offset + size + 1 : offset + size + TRAILER_BYTES], "little")
-    if kind != 0:
-        raise UserError(
-            f"{path} has compressed blocks (type {kind}), which this reader does not support; "
-            "re-save the checkpoint with TensorFlow's default (uncompressed) writer"
-        )
-    if mask(crc32c(table[offset : offset + size + 1])) != stored:
-        raise UserError(f"{path} is corrupt (a block fails its CRC-32C check); download it again")
-    return block
-
-
-def _block_items(block: memoryview) -> Iterator[tuple[bytes, bytes]]:
-    """Decode a block: prefix-compressed (key, value) records, then the restart-point array."""
-    (restarts,) = struct.unpack_from("<I", block, len(block) - 4)
-    end = len(block) - 4 - 4 * restarts
-    pos, key = 0, b""
-    while pos < end:
-        shared, pos = protowire.read_varint(block, pos)
-        unshared, pos = protowire.read_varint(block, pos)
-        value_size, pos = protowire.read_varint(block, pos)
-        key = key[:shared] + bytes(block[pos : pos + unshared])
-        pos += unshared
-        yield key, bytes(block[pos : pos + value_size])
-        pos += value_size
-
-
-def read_table(path: Path) -> list[tuple[bytes, bytes]]:
-    """All (key, value) records of a LevelDB table file, in key order."""
-    table = path.read_bytes()
-    if len(table) < FOOTER_BYTES or int.from_bytes(table[-8:], "little") != TABLE_MAGIC:
-        raise UserError(
-            f"{path} is truncated or not a checkpoint index (no LevelDB footer); download it again"
-        )
-    footer = table[-FOOTER_BYTES:]
-    try:
-        _, _, pos = _block_handle(footer, 0)  # the metaindex block: unused by TensorBundle
-        index_offset, index_size, _ = _block_handle(footer, pos)
-        items = []
-        for _, handle in _block_items(_read_block(table, index_offset, index_size, path)):
-            offset, size, _ = _block_handle(handle, 0)
-            items.extend(_block_items(_read_block(table, offset, size, path)))
-    except (protowire.WireError, struct.error):
-        raise UserError(f"{path} is corrupt (malformed table block); download it again") from None
-    return items
-
-
-class _BlockBuilder:
-    """One table block: prefix-compressed records, a full key every ``interval`` records."""
-
-    def __init__(self, interval: int) -> None:
-        self.interval, self.buffer, self.restarts = interval, bytearray(), [0]
-        self.count, self.last_key = 0, b""
-
-    def add(self, key: bytes, value: bytes) -> None:
-        shared = 0
-        if self.count < self.interval:
-            limit = min(len(key), len(self.last_key))
-            while shared < limit and key[shared] == self.last_key[shared]:
-                shared += 1
-        else:
-            self.restarts.append(len(self.buffer))
-            self.count = 0
-        self.buffer += protowire.varint(shared) + protowire.varint(len(key) - shared)
-        self.buffer += protowire.varint(len(value)) + key[shared:] + value
-        self.count, self.last_key = self.count + 1, key
-
-    def size(self) -> int:
-        return len(self.buffer) + 4 * len(self.restarts) + 4
-
-    def finish(self) -> bytes:
-        return bytes(self.buffer) + struct.pack(
-            f"<{len(self.restarts) + 1}I", *self.restarts, len(self.restarts)
-        )
-
-
-def _separator(start: bytes, limit: bytes) -> bytes:
-    """A short key >= ``start`` and < ``limit`` (LevelDB's FindShortestSeparator)."""
-    common = 0
-    while common < min(len(start), len(limit)) and start[common] == limit[common]:
-        common += 1
-    if (
-        common < min(len(start), len(limit))
-        and start[common] < 0xFF
-        and start[common] + 1 < limit[common]
-    ):
-        return start[:common] + bytes([start[common] + 1])
-    return start
-
-
-def _successor(key: bytes) -> bytes:
-    """A short key >= ``key`` (LevelDB's FindShortSuccessor)."""
-    for i, byte in enumerate(key):
-        if byte != 0xFF:
-            return key[:i] + bytes([byte + 1])
-    return key
-
-
-def write_table(
-    path: Path, items: list[tuple[bytes, bytes]], block_bytes: int = BLOCK_BYTES
-) -> None:
-    """Write sorted (key, value) records as an uncompressed LevelDB table, block for block as
-    TensorFlow's table builder does (so a TF1 checkpoint is rewritten byte for byte)."""
-    file, index = bytearray(), []
-
-    def append(contents: bytes) -> bytes:
-        handle = protowire.varint(len(file)) + protowire.varint(len(contents))
-        file.extend(contents + b"\0" + struct.pack("<I", mask(crc32c(contents + b"\0"))))
-        return handle
-
-    block, pending, block_last = _BlockBuilder(RESTART_INTERVAL), None, b""
-    for key, value in items:
-        if pending is not None:  # the finished block's index key must sort before this key
-            index.append((_separator(block_last, key), pending))
-            pending = None
-        block.add(key, value)
-        if block.size() >= block_bytes:
-            block_last, pending = key, append(block.finish())
-            block = _BlockBuilder(RESTART_INTERVAL)
-    if block.count:
-        block_last, pending = block.last_key, append(block.finish())
-    metaindex = append(_BlockBuilder(1).finish())
-    if pending is not None:
-        index.append((_successor(block_last), pending))
-    index_block = _BlockBuilder(1)
-    for key, handle in index:
-        index_block.add(key, handle)
-    footer = (metaindex + append(index_block.finish())).ljust(FOOTER_BYTES - 8, b"\0")
-    path.write_bytes(bytes(file + footer + struct.pack("<Q", TABLE_MAGIC)))
-
-
-# ----------------------------------------------------------------------------------------------
-# The bundle: header, entries, shards
 
 
 def _parse_entry(name: str, value: bytes) -> Entry:
@@ -389,59 +232,3 @@ def write_bundle(prefix: str | Path, tensors: Mapping[str, np.ndarray | bytes]) 
             offset += len(payload)
     header = protowire.field(1, 1) + protowire.field(3, protowire.field(1, 1))
     write_table(prefix.with_name(prefix.name + ".index"), [(b"", header), *records])
-
-
-def object_graph_names(bundle: TensorBundle) -> dict[str, str]:
-    """Checkpoint key -> the variable's ``full_name`` (Keras name), from a TF2 checkpoint's
-    TrackableObjectGraph (nodes: field 1; a node's SerializedTensor attributes: field 2, holding
-    full_name in field 2 and checkpoint_key in field 3). Empty for a TF1 checkpoint."""
-    if OBJECT_GRAPH_KEY not in bundle:
-        return {}
-    names = {}
-    try:
-        for node in protowire.parse(bundle.read(OBJECT_GRAPH_KEY).item()).get(1, []):
-            for attribute in protowire.parse(node).get(2, []):
-                fields = protowire.parse(attribute)
-                key, full_name = (fields.get(n, [b""])[0].decode() for n in (3, 2))
-                if key and full_name:
-                    names[key] = full_name
-    except (protowire.WireError, UnicodeDecodeError, AttributeError):
-        raise UserError(f"{bundle.index_path}: the TF2 object graph is malformed") from None
-    return names
-
-
-_STATE_PATH = re.compile(r'^model_checkpoint_path:\s*"(.*)"\s*$', re.MULTILINE)
-
-
-def find_prefix(source: str | Path) -> Path:
-    """The checkpoint prefix that ``source`` names: a prefix, an ``.index`` or shard file, a folder
-    with TF's ``checkpoint`` state file, a SavedModel folder (its ``variables/variables``), or a
-    folder holding exactly one ``*.index``."""
-    source = Path(source)
-    name = re.sub(r"\.(index|data-\d{5}-of-\d{5})$", "", source.name)
-    if source.with_name(name + ".index").is_file():
-        return source.with_name(name)
-    if not source.is_dir():
-        raise UserError(
-            f"{source} does not exist; pass a checkpoint folder, a model.ckpt-N prefix or a "
-            "saved_model folder"
-        )
-    state = source / "checkpoint"
-    if state.is_file():
-        match = _STATE_PATH.search(state.read_text(errors="replace"))
-        if not match:
-            raise UserError(f"{state} names no model_checkpoint_path; it is not TF's state file")
-        prefix = source / Path(match[1]).name  # the state file often holds the writer's full path
-        if not prefix.with_name(prefix.name + ".index").is_file():
-            raise UserError(f"{state} names {match[1]!r}, but {prefix}.index does not exist")
-        return prefix
-    if (source / "variables" / "variables.index").is_file():
-        return source / "variables" / "variables"
-    indexes = sorted(source.glob("*.index"))
-    if len(indexes) == 1:
-        return indexes[0].with_suffix("")
-    found = f"{len(indexes)} .index files" if indexes else "no checkpoint file, no .index file"
-    raise UserError(
-        f"{source} holds {found} and no saved_model variables/; pass the folder of one checkpoint "
-        "or its model.ckpt-N prefix"
-    )
