@@ -3,15 +3,15 @@ import json
 import pytest
 
 from simclrv2.cli import main
-from simclrv2.models import PAPER_PARAMS_M
+from simclrv2.models import ARCHITECTURES
 
 
-def test_models_json_lists_paper_architectures_with_params_and_flops(capsys):
+def test_models_json_lists_the_registry_with_params_and_flops(capsys):
     assert main(["models", "--json"]) == 0
     rows = {row["arch"]: row for row in json.loads(capsys.readouterr().out)}
-    assert set(PAPER_PARAMS_M) <= set(rows)
-    for name, paper in PAPER_PARAMS_M.items():
-        assert abs(rows[name]["params_M"] - paper) <= 1.0
+    assert list(rows) == list(ARCHITECTURES)  # the table iterates the registry
+    for name, architecture in ARCHITECTURES.items():
+        assert rows[name]["paper_params_M"] == architecture.paper_params_m
     assert 8.0 < rows["r50_1x_sk0"]["GFLOPs_224px"] < 8.4  # 4.1 G multiply-adds
     assert rows["r152_3x_sk1"]["feature_dim"] == 6144
 

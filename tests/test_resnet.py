@@ -7,22 +7,14 @@ from torch import nn
 
 from simclrv2.errors import UserError
 from simclrv2.models import (
-    PAPER_PARAMS_M,
     ResNetSpec,
+    arch_name,
     build_encoder,
     parse_arch,
     resnet18,
     resnet50,
 )
-from simclrv2.models.resnet import ResNet, ResNetDPool, SelectiveKernel, TFSameMaxPool, arch_name
-
-
-@pytest.mark.parametrize(("name", "paper_millions"), PAPER_PARAMS_M.items())
-def test_parameter_count_matches_paper_within_1m(name, paper_millions):
-    with torch.device("meta"):
-        encoder = build_encoder(name)
-    count = sum(p.numel() for p in encoder.parameters())
-    assert abs(count / 1e6 - paper_millions) <= 1.0
+from simclrv2.models.resnet import ResNet, ResNetDPool, SelectiveKernel, TFSameMaxPool
 
 
 def test_plain_resnet50_has_23_5m_parameters():

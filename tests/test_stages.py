@@ -14,6 +14,7 @@ from simclrv2 import load_encoder
 from simclrv2.cli import main
 from simclrv2.metrics import read_metrics
 from simclrv2.report import build_report
+from tiny_runs import assert_stage_contract, stop_at_check
 
 
 @pytest.fixture(scope="module")
@@ -31,13 +32,7 @@ def test_pipeline_writes_every_stage_and_one_table(pipeline_run, capsys):
     for row in rows:
         assert 0 <= row["top1"] <= row["top5"] <= 100
     for stage in ("pretrain", "finetune-10%", "supervised-10%", "distill-10%"):
-        folder = pipeline_run / stage
-        assert (folder / "model" / "model.safetensors").is_file()
-        results = json.loads((folder / "results.json").read_text())
-        assert results["seconds"] > 0
-        assert any(folder.glob("events.out.tfevents.*"))
-        losses = [r for r in read_metrics(folder / "metrics.csv") if r["name"] == "loss"]
-        assert losses and all(np.isfinite(r["value"]) for r in losses)
+        assert_stage_contract(pipeline_run / stage)
     finetuned = json.loads((pipeline_run / "finetune-10%" / "results.json").read_text())
     assert finetuned["labelled_images"] == 20  # round(10% of 16) = 2 per class
     assert np.array(finetuned["confusion"]).sum() == 40  # every test image once
@@ -94,30 +89,11 @@ def _images_in(page: str, run) -> set[str]:
     return names
 
 
-def _stop_signal_at_check(check: int, base: type) -> type:
-    """A training stop signal (subclass of ``base``) that asks to stop at its ``check``-th query:
-    an interruption at a chosen step without sending a real signal."""
-
-    class StopAtCheck(base):
-        calls = 0
-
-        @property
-        def requested(self) -> bool:
-            StopAtCheck.calls += 1
-            return StopAtCheck.calls == check
-
-        @requested.setter
-        def requested(self, value: bool) -> None:
-            pass
-
-    return StopAtCheck
-
-
 def test_report_renders_a_pipeline_interrupted_in_pretraining(tiny_data, tmp_path, monkeypatch):
     import simclrv2.training as training
 
     # in epoch 2, after epoch 1's monitors
-    monkeypatch.setattr(training, "_StopSignal", _stop_signal_at_check(7, training._StopSignal))
+    monkeypatch.setattr(training, "_StopSignal", stop_at_check(7, training._StopSignal))
     run = tmp_path / "run"
     assert main(["pipeline", "--data", str(tiny_data), "--out", str(run), *TINY_OVERRIDES]) == 0
     assert not (run / "pretrain" / "model").exists()  # interrupted: checkpoints only
@@ -231,44 +207,6 @@ def test_each_stage_command(pipeline_run, tiny_data, tmp_path, capsys):
     assert len((tmp_path / "h.npy.names.txt").read_text().split()) == 40
     stored = load_file(tmp_path / "h.safetensors")
     torch.testing.assert_close(stored["embeddings"], torch.from_numpy(embeddings))
-
-
-@pytest.mark.parametrize(
-    "scale",
-    [[], ["pretrain.memory_size=48", "pretrain.chunk_size=8"]],
-    ids=["plain", "memory-queue-and-chunks"],  # the queue and the EMA copy resume too
-)
-def test_resume_after_an_interruption_continues_the_same_loss_curve(
-    tiny_data, tmp_path, monkeypatch, scale
-):
-    import simclrv2.training as training
-
-    args = [
-        "pretrain",
-        "--data",
-        str(tiny_data),
-        *TINY_OVERRIDES,
-        "pretrain.checkpoint_every=3",
-        "pretrain.knn_every=0",
-        *scale,
-    ]
-    assert main([*args, "--out", str(tmp_path / "whole")]) == 0
-
-    monkeypatch.setattr(training, "_StopSignal", _stop_signal_at_check(5, training._StopSignal))
-    assert main([*args, "--out", str(tmp_path / "split")]) == 0  # interrupted: a checkpoint, exit 0
-    stopped = read_metrics(tmp_path / "split" / "metrics.csv")
-    assert max(r["step"] for r in stopped) < 10  # it really stopped early
-    monkeypatch.undo()
-    assert main(["pretrain", "--resume", str(tmp_path / "split")]) == 0
-
-    def curve(run):
-        return [
-            (r["step"], r["value"])
-            for r in read_metrics(tmp_path / run / "metrics.csv")
-            if r["name"] == "contrastive_loss"
-        ]
-
-    assert curve("split") == curve("whole")
 
 
 @pytest.mark.parametrize(

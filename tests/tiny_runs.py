@@ -97,3 +97,47 @@ def assert_same_training(reference: Path, run: Path) -> None:
     assert_identical(
         load_latest(reference / "checkpoints"), load_latest(run / "checkpoints"), "checkpoint"
     )
+
+
+def stop_at_check(check: int, base: type) -> type:
+    """A training stop signal (subclass of ``base``) that asks to stop at its ``check``-th query:
+    an interruption at a chosen step without sending a real signal."""
+
+    class StopAtCheck(base):
+        calls = 0
+
+        @property
+        def requested(self) -> bool:
+            StopAtCheck.calls += 1
+            return StopAtCheck.calls == check
+
+        @requested.setter
+        def requested(self, value: bool) -> None:
+            pass
+
+    return StopAtCheck
+
+
+def assert_stage_contract(folder: Path) -> dict:
+    """What every finished training stage leaves in its folder: ``results.json`` (accuracies in
+    percent and the seconds it took), an exported ``model/`` that loads, ``metrics.csv`` with a
+    finite loss curve over increasing steps, TensorBoard events and its checkpoints. Returns the
+    results."""
+    import json
+
+    from simclrv2 import load_exported
+    from simclrv2.metrics import read_metrics
+
+    results = json.loads((folder / "results.json").read_text())
+    assert results["seconds"] > 0
+    top1, top5 = (results.get(k, results.get(f"knn_{k}")) for k in ("top1", "top5"))
+    assert 0 <= top1 <= top5 <= 100
+    load_exported(folder / "model")
+    losses = [
+        (r["step"], r["value"]) for r in read_metrics(folder / "metrics.csv") if r["name"] == "loss"
+    ]
+    steps = [step for step, _ in losses]
+    assert losses and steps == sorted(steps) and np.isfinite([v for _, v in losses]).all()
+    assert any(folder.glob("events.out.tfevents.*"))
+    assert newest_step(folder) == steps[-1]  # the last checkpoint is the end of training
+    return results

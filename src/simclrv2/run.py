@@ -31,11 +31,15 @@ class Run:
 
 @contextlib.contextmanager
 def open_run(
-    command: str, config: Config, out: str | Path | None = None, resume: str | Path | None = None
+    command: str,
+    config: Config,
+    out: str | Path | None = None,
+    resume: str | Path | None = None,
+    inputs: dict | None = None,
 ) -> Iterator[Run]:
     """The run of ``command``: ``resume`` continues the run in that directory; else a new one in
-    ``out`` (default ``runs/<command>-<preset>-<time>``), which rank 0 creates and every process
-    of a torchrun launch joins."""
+    ``out`` (default ``runs/<command>-<preset>-<time>``) that records ``config`` and the
+    command's ``inputs``, which rank 0 creates and every process of a torchrun launch joins."""
     runtime = resolve_runtime(config.runtime)
     distributed.init_from_environment(runtime.device)
     with contextlib.ExitStack() as cleanup:
@@ -43,20 +47,24 @@ def open_run(
             directory = Path(resume)
             check_writable(directory)
         else:
-            directory = _new_directory(cleanup, command, config, out)
+            directory = _new_directory(cleanup, command, config, out, inputs)
         setup_logging(directory / "log.txt", enabled=distributed.rank() == 0)
         yield Run(directory, runtime)
 
 
 def _new_directory(
-    cleanup: contextlib.ExitStack, command: str, config: Config, out: str | Path | None
+    cleanup: contextlib.ExitStack,
+    command: str,
+    config: Config,
+    out: str | Path | None,
+    inputs: dict | None,
 ) -> Path:
     """Rank 0 creates the new run's directory and gives it, or the error that refused it, to every
     process; the directory is removed again if the run fails before its first checkpoint."""
     outcome: Path | UserError | None = None
     if distributed.rank() == 0:
         try:
-            outcome = cleanup.enter_context(new_run(command, config, out))
+            outcome = cleanup.enter_context(new_run(command, config, out, inputs))
         except UserError as error:
             outcome = error
     outcome = distributed.broadcast_object(outcome)

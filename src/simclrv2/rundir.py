@@ -1,5 +1,6 @@
-"""A run directory: the resolved ``config.yaml``, ``environment.json`` (code version, hardware) and
-one folder per stage, so that a run records itself and ``--resume DIR`` continues it.
+"""A run directory: the resolved ``config.yaml``, ``environment.json`` (code version, hardware),
+``inputs.json`` (the command's own inputs: the model it starts from, its label spec) and one folder
+per stage, so that a run records itself and ``--resume DIR`` continues it.
 
 The directory is checked (writable, free space) before any training, and its files are written
 atomically, so a run killed at any moment can be resumed from what it holds.
@@ -28,12 +29,14 @@ from simclrv2.config import Config, config_from_dict
 from simclrv2.errors import UserError
 from simclrv2.version import __version__
 
-CONFIG, ENVIRONMENT = "config.yaml", "environment.json"
+CONFIG, ENVIRONMENT, INPUTS = "config.yaml", "environment.json", "inputs.json"
 MIN_FREE_BYTES = 50 << 20  # the logs, metrics and a small model's checkpoints
 
 
 @contextlib.contextmanager
-def new_run(command: str, config: Config, out: str | None) -> Iterator[Path]:
+def new_run(
+    command: str, config: Config, out: str | Path | None, inputs: dict | None = None
+) -> Iterator[Path]:
     """The directory of a new run, holding its files: ``out`` if given, else
     ``runs/<command>-<preset>-<timestamp>``; refused if it holds another run, is not writable or
     its disk is full. If the body fails with a :class:`UserError` before any checkpoint exists,
@@ -52,7 +55,7 @@ def new_run(command: str, config: Config, out: str | None) -> Iterator[Path]:
     before = {p.name for p in directory.iterdir()} if directory.is_dir() else set()
     check_writable(directory)
     try:
-        write_run_files(directory, config)
+        write_run_files(directory, config, inputs or {})
         yield directory
     except UserError:
         if not any(directory.rglob(f"{PREFIX}*")):
@@ -109,11 +112,25 @@ def _remove_empty(directories: list[Path]) -> None:
             path.rmdir()
 
 
-def write_run_files(directory: Path, config: Config) -> None:
+def write_run_files(directory: Path, config: Config, inputs: dict) -> None:
     if distributed.rank() != 0:
         return
     write_text(directory / CONFIG, config.to_yaml())
     write_text(directory / ENVIRONMENT, json.dumps(environment(), indent=2) + "\n")
+    write_text(directory / INPUTS, json.dumps(inputs, indent=2) + "\n")
+
+
+def load_run_inputs(directory: Path) -> dict:
+    """The inputs a run's command was given (``--init``, ``--teacher``, ``--labels``), for its
+    resume; empty for a run that recorded none."""
+    path = Path(directory) / INPUTS
+    try:
+        inputs = json.loads(path.read_text()) if path.exists() else {}
+    except (OSError, ValueError):
+        inputs = None
+    if not isinstance(inputs, dict):
+        raise UserError(f"{path} is damaged; start a new run")
+    return inputs
 
 
 def load_run_config(directory: Path) -> Config:

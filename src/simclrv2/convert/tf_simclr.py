@@ -44,7 +44,8 @@ from simclrv2.convert.tf_names import (
 from simclrv2.errors import UserError
 from simclrv2.export import ExportedModel, check_destination, save_exported
 from simclrv2.models import LinearClassifier, ProjectionHead, ResNet, ResNetSpec, arch_name
-from simclrv2.models.resnet import DEPTHS, SK_RATIO
+from simclrv2.models.registry import SK_RATIO
+from simclrv2.models.resnet import DEPTHS
 
 _FINETUNED = re.compile(r"^finetuned_(\d+)pct$")  # the authors' fine-tuned folders
 

@@ -1,10 +1,10 @@
-"""Encoders (ResNet f) and heads (projection g, classifier) of SimCLR / SimCLRv2."""
+"""Encoders (ResNet f), their registry of names, and heads (projection g, classifier) of SimCLR /
+SimCLRv2."""
 
 from simclrv2.models.heads import Classifier, ContrastiveModel, LinearClassifier, ProjectionHead
-from simclrv2.models.resnet import (
-    PAPER_PARAMS_M,
-    ResNet,
-    ResNetSpec,
+from simclrv2.models.registry import (
+    ARCHITECTURES,
+    Architecture,
     arch_name,
     build_encoder,
     parse_arch,
@@ -15,9 +15,11 @@ from simclrv2.models.resnet import (
     resnet152,
     resnet200,
 )
+from simclrv2.models.resnet import ResNet, ResNetSpec
 
 __all__ = [
-    "PAPER_PARAMS_M",
+    "ARCHITECTURES",
+    "Architecture",
     "Classifier",
     "ContrastiveModel",
     "LinearClassifier",

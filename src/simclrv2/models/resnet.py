@@ -14,7 +14,6 @@ shortcut pool excludes its padding from the mean, and BatchNorm uses epsilon 1e-
 from __future__ import annotations
 
 import math
-import re
 from dataclasses import dataclass
 
 import torch
@@ -194,7 +193,7 @@ class ResNet(nn.Module):
 
     ``zero_init_residual`` (an initialisation, not part of the architecture): the last BN of each
     residual branch starts at gamma = 0, as the authors' ``init_zero``; False starts it at 1, as
-    torchvision's default (a deviation from SPEC: ``model.zero_init_residual=false``).
+    torchvision's default (a deviation from docs/facts.md: ``model.zero_init_residual=false``).
     """
 
     def __init__(self, spec: ResNetSpec, zero_init_residual: bool = True) -> None:
@@ -271,78 +270,3 @@ class ResNet(nn.Module):
         x = self.max_pool(self.stem_bn(self.stem(x)))
         x = self.layer4(self.layer3(self.layer2(self.layer1(x))))
         return x.mean((2, 3))  # h: (N, out_dim)
-
-
-# ----------------------------------------------------------------------------------------------
-# Constructors and the name registry
-
-SK_RATIO = 0.0625  # SimCLRv2's selective-kernel ratio ("sk1" in the authors' checkpoint names)
-
-# Encoder parameter counts in millions from the SimCLRv2 paper (Table 1 / released checkpoints).
-PAPER_PARAMS_M: dict[str, int] = {
-    "r50_1x_sk0": 24, "r50_1x_sk1": 35, "r50_2x_sk0": 94, "r50_2x_sk1": 140,
-    "r101_1x_sk0": 43, "r101_1x_sk1": 65, "r101_2x_sk0": 170, "r101_2x_sk1": 257,
-    "r152_1x_sk0": 58, "r152_1x_sk1": 89, "r152_2x_sk0": 233, "r152_2x_sk1": 354,
-    "r152_3x_sk1": 795,
-}  # fmt: skip
-# The SimCLR v1 releases (ResNet-50 1x/2x/4x, no SK) and the small nets used on CPU.
-OTHER_ARCHS = ("r50_4x_sk0", "r18_1x_sk0", "r34_1x_sk0", "r200_1x_sk0")
-
-_NAME = re.compile(r"^r(?:esnet)?(\d+)(?:_(\d*\.?\d+)x)?(?:_sk([01]))?$", re.IGNORECASE)
-
-
-def parse_arch(name: str, cifar_stem: bool = False, in_channels: int = 3) -> ResNetSpec:
-    """``r152_3x_sk1`` (the authors' naming), ``r18_0.25x``, ``resnet50`` -> a :class:`ResNetSpec`."""
-    match = _NAME.match(name.strip())
-    if not match:
-        raise UserError(
-            f"unknown architecture {name!r}; use r<depth>_<width>x_sk<0|1> with depth in "
-            f"{sorted(DEPTHS)}, e.g. r50_1x_sk0, r152_3x_sk1, r18_0.25x_sk0"
-        )
-    depth, width, sk = int(match[1]), float(match[2] or 1), match[3] == "1"
-    if depth not in DEPTHS:
-        raise UserError(f"unknown ResNet depth {depth} in {name!r}; choose one of {sorted(DEPTHS)}")
-    return ResNetSpec(depth, width, SK_RATIO if sk else 0.0, cifar_stem, in_channels)
-
-
-def arch_name(spec: ResNetSpec) -> str:
-    """Inverse of :func:`parse_arch` (``r50_1x_sk1``); the stem is not part of the name."""
-    return f"r{spec.depth}_{spec.width:g}x_sk{int(spec.sk_ratio > 0)}"
-
-
-def build_encoder(
-    name: str,
-    image_size: int | None = None,
-    in_channels: int = 3,
-    cifar_stem: bool | None = None,
-    zero_init_residual: bool = True,
-) -> ResNet:
-    """Build an encoder by name. The CIFAR stem is used when ``cifar_stem`` says so, or, when it
-    is None, for inputs of 32 px or less (the authors' rule)."""
-    if cifar_stem is None:
-        cifar_stem = image_size is not None and image_size <= 32
-    return ResNet(parse_arch(name, cifar_stem, in_channels), zero_init_residual)
-
-
-def _constructor(depth: int):
-    def build(
-        width: float = 1.0,
-        sk_ratio: float = 0.0,
-        cifar_stem: bool = False,
-        in_channels: int = 3,
-        zero_init_residual: bool = True,
-    ) -> ResNet:
-        spec = ResNetSpec(depth, width, sk_ratio, cifar_stem, in_channels)
-        return ResNet(spec, zero_init_residual)
-
-    build.__name__ = build.__qualname__ = f"resnet{depth}"
-    build.__doc__ = f"ResNet-{depth} encoder, e.g. ``resnet{depth}(width=2, sk_ratio=0.0625)``."
-    return build
-
-
-resnet18 = _constructor(18)
-resnet34 = _constructor(34)
-resnet50 = _constructor(50)
-resnet101 = _constructor(101)
-resnet152 = _constructor(152)
-resnet200 = _constructor(200)

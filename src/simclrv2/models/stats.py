@@ -6,7 +6,7 @@ import torch
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
-from simclrv2.models.resnet import OTHER_ARCHS, PAPER_PARAMS_M, build_encoder
+from simclrv2.models.registry import ARCHITECTURES, build_encoder
 
 
 def count_parameters(module: nn.Module) -> int:
@@ -23,16 +23,16 @@ def count_flops(encoder: nn.Module, image_size: int = 224, in_channels: int = 3)
 
 
 def architecture_table(image_size: int = 224) -> list[dict]:
-    """The named architectures with encoder parameter count, the paper's figure, and GFLOPs."""
+    """The registered architectures with encoder parameter count, the paper's figure, and GFLOPs."""
     rows = []
-    for name in (*PAPER_PARAMS_M, *OTHER_ARCHS):
+    for name, architecture in ARCHITECTURES.items():
         with torch.device("meta"):
             encoder = build_encoder(name, image_size=image_size)
         rows.append(
             {
                 "arch": name,
                 "params_M": round(count_parameters(encoder) / 1e6, 2),
-                "paper_params_M": PAPER_PARAMS_M.get(name),
+                "paper_params_M": architecture.paper_params_m,
                 "feature_dim": encoder.out_dim,
                 f"GFLOPs_{image_size}px": round(count_flops(encoder, image_size) / 1e9, 2),
             }

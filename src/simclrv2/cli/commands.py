@@ -1,0 +1,200 @@
+"""The commands: each resolves its config and inputs, checks them, opens its run where it trains,
+and calls one library function; what it prints is the one thing it adds."""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+from pathlib import Path
+
+from simclrv2.errors import UserError
+
+DEFAULT_LABELS = "1%"  # the label spec of `finetune` without --labels (SimCLRv2's smallest)
+
+
+def _config(args: argparse.Namespace):
+    """The resolved config: the saved one of ``--resume``, else preset -> file -> overrides ->
+    the fields that flags set (``--data``, ``--chunk-size``)."""
+    from simclrv2.config import load_config
+    from simclrv2.rundir import load_run_config
+
+    flags = {"data.source": args.data, "pretrain.chunk_size": getattr(args, "chunk_size", None)}
+    if getattr(args, "resume", None):
+        if args.overrides or args.config or any(v is not None for v in flags.values()):
+            raise UserError(
+                "--resume continues a run with its saved config; drop the other options and overrides"
+            )
+        return load_run_config(Path(args.resume))
+    return load_config(args.preset, args.config, args.overrides, flags)
+
+
+def _datasets(config):
+    from simclrv2 import build
+
+    return build.dataset(config.data, "train"), build.dataset(config.data, config.data.test_split)
+
+
+def _labelled(spec: str, train, seed: int):
+    from simclrv2.data import labelled_indices
+
+    return train.subset(labelled_indices(train, spec, seed))
+
+
+def _inputs(args: argparse.Namespace, **given) -> dict:
+    """The command's own inputs (``--init``, ``--teacher``, ``--labels``): as given, or as the run
+    that ``--resume`` continues recorded them."""
+    from simclrv2.rundir import load_run_inputs
+
+    if not args.resume:
+        return given
+    if any(value is not None for value in given.values()):
+        flags = ", ".join(f"--{name}" for name, value in given.items() if value is not None)
+        raise UserError(f"--resume continues a run with its recorded inputs; drop {flags}")
+    return load_run_inputs(Path(args.resume))
+
+
+@contextlib.contextmanager
+def _run(args: argparse.Namespace, config, command: str, inputs: dict | None = None):
+    """The run of a training command (:func:`simclrv2.run.open_run`), its directory remembered
+    for the resume hint."""
+    from simclrv2.run import open_run
+
+    with open_run(command, config, args.out, args.resume, inputs) as run:
+        args.run_directory = run.directory
+        yield run
+
+
+def models(args: argparse.Namespace) -> None:
+    from simclrv2.models.stats import architecture_table
+    from simclrv2.tables import format_table
+
+    rows = architecture_table(args.image_size)
+    print(json.dumps(rows, indent=2) if args.json else format_table(rows))
+
+
+def show_config(args: argparse.Namespace) -> None:
+    print(_config(args).to_yaml(), end="")
+
+
+def _print_outcome(metrics: dict, directory: Path) -> None:
+    """A stage's metrics (less the confusion matrix) and where its model is; rank 0 alone prints
+    under torchrun, where every process computes them."""
+    from simclrv2 import distributed
+
+    if distributed.rank() == 0:
+        print(json.dumps({k: v for k, v in metrics.items() if k != "confusion"}, indent=2))
+        print(f"model: {directory / 'model'}")
+
+
+def pipeline(args: argparse.Namespace) -> None:
+    from simclrv2 import distributed
+    from simclrv2.pipeline import TABLE_COLUMNS, run_pipeline
+    from simclrv2.tables import format_table
+
+    config = _config(args)
+    train, test = _datasets(config)
+    with _run(args, config, "pipeline") as run:
+        rows = run_pipeline(config, run, train, test)
+    if distributed.rank() == 0:
+        print(format_table(rows, TABLE_COLUMNS))
+        print(f"\nresults: {run.directory / 'results.json'}")
+
+
+def pretrain(args: argparse.Namespace) -> None:
+    from simclrv2.stages import pretrain as stage
+
+    config = _config(args)
+    train, test = _datasets(config)
+    with _run(args, config, "pretrain") as run:
+        result = stage.pretrain(config, run.directory, train, test, run.runtime)
+    _print_outcome(result.metrics, run.directory)
+
+
+def finetune(args: argparse.Namespace) -> None:
+    from simclrv2.export import load_exported
+    from simclrv2.stages import finetune as stage
+
+    config = _config(args)
+    inputs = _inputs(args, init=args.init, labels=args.labels)
+    inputs["labels"] = inputs.get("labels") or DEFAULT_LABELS
+    train, test = _datasets(config)
+    labelled = _labelled(inputs["labels"], train, config.finetune.label_seed)
+    init = load_exported(inputs["init"]) if inputs.get("init") else None
+    with _run(args, config, "finetune" if init else "supervised", inputs) as run:
+        result = stage.finetune(config, run.directory, labelled, test, run.runtime, init)
+    _print_outcome(result.metrics, run.directory)
+
+
+def distill(args: argparse.Namespace) -> None:
+    from simclrv2.export import load_exported
+    from simclrv2.stages import distill as stage
+
+    config = _config(args)
+    inputs = _inputs(args, teacher=args.teacher, labels=args.labels)
+    if not inputs.get("teacher"):
+        raise UserError("distill needs --teacher MODEL: a fine-tuned model's directory")
+    train, test = _datasets(config)
+    labels = inputs.get("labels")
+    labelled = _labelled(labels, train, config.finetune.label_seed) if labels else None
+    teacher = load_exported(inputs["teacher"]).classifier_model()
+    with _run(args, config, "distill", inputs) as run:
+        result = stage.distill(config, run.directory, train, labelled, test, run.runtime, teacher)
+    _print_outcome(result.metrics, run.directory)
+
+
+def evaluate(args: argparse.Namespace) -> None:
+    from simclrv2.export import load_exported
+    from simclrv2.metrics import setup_logging
+    from simclrv2.runtime import resolve_runtime
+    from simclrv2.stages.evaluate import knn_eval, linear_eval
+
+    setup_logging(None)
+    config = _config(args)
+    exported = load_exported(args.init)
+    train, test = _datasets(config)
+    evaluate = linear_eval if args.command == "linear" else knn_eval
+    results = evaluate(config, exported, train, test, resolve_runtime(config.runtime))
+    print(json.dumps(results, indent=2))
+
+
+def embed(args: argparse.Namespace) -> None:
+    from simclrv2 import build
+    from simclrv2.export import load_exported
+    from simclrv2.runtime import resolve_runtime
+    from simclrv2.stages import embed as stage
+
+    config = _config(args)
+    exported = load_exported(args.init)
+    data = build.dataset(config.data, args.split)
+    out = stage.embed(exported, data, resolve_runtime(config.runtime), Path(args.out))
+    print(f"{len(data)} embeddings of dimension {exported.encoder.out_dim}: {out}")
+
+
+def show_augmentations(args: argparse.Namespace) -> None:
+    import torch
+
+    from simclrv2 import build
+    from simclrv2.visualize import augmentation_grid
+
+    config = _config(args)
+    data = build.dataset(config.data, args.split)
+    generator = torch.Generator().manual_seed(args.seed)
+    chosen = torch.randperm(len(data), generator=generator)[: args.images]
+    augment = build.pretrain_augment(config.augment, args.size or data.image_size)
+    augmentation_grid(data.images[chosen], augment, args.views, generator).save(args.out)
+    print(f"{len(chosen)} images x {args.views} views: {args.out}\n{augment}")
+
+
+def report(args: argparse.Namespace) -> None:
+    from simclrv2.report import build_report
+
+    print(f"report: {build_report(args.run_dir)}")
+
+
+def convert_tf(args: argparse.Namespace) -> None:
+    from simclrv2.convert.tf_simclr import convert
+
+    plan = convert(args.source, args.out, args.head_input, args.ema, args.overwrite)
+    print(f"converted {args.source} -> {args.out}")
+    print("\n".join(f"  {line}" for line in plan.summary()))

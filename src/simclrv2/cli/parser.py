@@ -1,0 +1,184 @@
+"""The argument parser of ``simclrv2``: every command, its options and their help."""
+
+from __future__ import annotations
+
+import argparse
+
+from simclrv2.cli import commands
+
+
+def _int_at_least(low: int):
+    """argparse type: an integer >= ``low``, else a one-line error naming the bound."""
+
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
+        if value < low:
+            raise argparse.ArgumentTypeError(f"must be at least {low}, got {value}")
+        return value
+
+    return parse
+
+
+def _add_config_options(parser: argparse.ArgumentParser, runs: bool = True) -> None:
+    parser.add_argument(
+        "--preset", default="demo", help="demo (default), fashion-mnist, cifar10-v1, imagenet-v2"
+    )
+    parser.add_argument("--config", help="YAML file of settings (sections as in `simclrv2 config`)")
+    parser.add_argument(
+        "--data", help="data source: a path (IDX, CIFAR, STL-10, image folder) or 'embedded'"
+    )
+    if runs:
+        parser.add_argument("--out", help="run directory (default runs/<command>-<preset>-<time>)")
+        parser.add_argument(
+            "--resume", metavar="DIR", help="continue the run in DIR where it stopped"
+        )
+    parser.add_argument(
+        "overrides",
+        nargs="*",
+        metavar="KEY=VALUE",
+        help="e.g. pretrain.epochs=5 model.arch=r18_1x_sk0",
+    )
+
+
+def _add_chunk_size(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--chunk-size",
+        type=int,
+        metavar="K",
+        help="pretrain K views at a time with gradient caching: a large batch in little memory "
+        "(sets pretrain.chunk_size; K divides the images per process)",
+    )
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="simclrv2",
+        description="SimCLR / SimCLRv2: pretrain, fine-tune and distil ResNets on your images.",
+    )
+    subcommands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    pipeline = subcommands.add_parser(
+        "pipeline",
+        help="pretrain, fine-tune (1%% and 10%%), supervised baseline, distil: one table",
+    )
+    _add_config_options(pipeline)
+    _add_chunk_size(pipeline)
+    pipeline.set_defaults(run=commands.pipeline)
+
+    pretrain = subcommands.add_parser(
+        "pretrain", help="SimCLR pretraining without labels (kNN and online linear monitors)"
+    )
+    _add_config_options(pretrain)
+    _add_chunk_size(pretrain)
+    pretrain.set_defaults(run=commands.pretrain)
+
+    finetune = subcommands.add_parser(
+        "finetune", help="fine-tune a pretrained model on a label fraction"
+    )
+    finetune.add_argument(
+        "--init",
+        help="exported or converted model directory; omit for the supervised-from-scratch baseline",
+    )
+    finetune.add_argument(
+        "--labels",
+        help="0.01 or 1%%, 25-per-class, or a file (index file or file names); default 1%%",
+    )
+    _add_config_options(finetune)
+    finetune.set_defaults(run=commands.finetune)
+
+    distill = subcommands.add_parser(
+        "distill", help="distil a fine-tuned teacher into a student on the unlabelled images"
+    )
+    distill.add_argument(
+        "--teacher", help="fine-tuned model directory (its classifier is the teacher); required"
+    )
+    distill.add_argument(
+        "--labels", help="labelled subset for the (1 - distill.alpha) cross-entropy term"
+    )
+    _add_config_options(distill)
+    distill.set_defaults(run=commands.distill)
+
+    for name, text in (
+        ("linear", "linear evaluation of a model's representation h"),
+        ("knn", "weighted kNN evaluation of h"),
+    ):
+        evaluate = subcommands.add_parser(name, help=text)
+        evaluate.add_argument("--init", required=True, help="exported or converted model directory")
+        _add_config_options(evaluate, runs=False)
+        evaluate.set_defaults(run=commands.evaluate)
+
+    embed = subcommands.add_parser(
+        "embed", help="write h of every image to .npy or .safetensors, with file names"
+    )
+    embed.add_argument("--init", required=True, help="exported or converted model directory")
+    embed.add_argument("--out", required=True, help="output file: NAME.npy or NAME.safetensors")
+    embed.add_argument(
+        "--split", default="train", help="split of the data to embed (default train)"
+    )
+    _add_config_options(embed, runs=False)
+    embed.set_defaults(run=commands.embed)
+
+    grid = subcommands.add_parser(
+        "show-augmentations",
+        help="PNG grid of random images and their pretraining views, for a person to look at",
+    )
+    grid.add_argument("--out", required=True, help="PNG file to write")
+    grid.add_argument("--views", type=_int_at_least(1), default=6, help="views per image (6)")
+    grid.add_argument("--images", type=_int_at_least(1), default=8, help="images, one per row (8)")
+    grid.add_argument("--size", type=_int_at_least(8), help="view side (default as pretraining)")
+    grid.add_argument("--seed", type=int, default=0, help="picks the images and the views (0)")
+    grid.add_argument("--split", default="train", help="split of the data (default train)")
+    _add_config_options(grid, runs=False)
+    grid.set_defaults(run=commands.show_augmentations)
+
+    report = subcommands.add_parser(
+        "report",
+        help="HTML page with plots of a run (finished or interrupted): RUN_DIR/report.html",
+    )
+    report.add_argument("run_dir", metavar="RUN_DIR", help="a run directory, or one stage's folder")
+    report.set_defaults(run=commands.report)
+
+    show = subcommands.add_parser(
+        "config", help="print the resolved config (preset, file, overrides) as YAML"
+    )
+    _add_config_options(show, runs=False)
+    show.set_defaults(run=commands.show_config)
+
+    models = subcommands.add_parser(
+        "models", help="table of the named architectures: parameters, paper figure, FLOPs"
+    )
+    models.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    models.add_argument(
+        "--image-size",
+        type=_int_at_least(16),
+        default=224,
+        help="input side for the FLOP count (default 224)",
+    )
+    models.set_defaults(run=commands.models)
+
+    convert = subcommands.add_parser(
+        "convert-tf",
+        help="convert the authors' TensorFlow checkpoint (TF1, TF2 or SavedModel) for --init",
+    )
+    convert.add_argument(
+        "source",
+        metavar="SOURCE",
+        help="folder with a `checkpoint` file, a model.ckpt-N prefix, or a saved_model/ folder",
+    )
+    convert.add_argument("--out", required=True, metavar="DIR", help="export folder to write")
+    convert.add_argument(
+        "--head-input",
+        type=int,
+        metavar="N",
+        help="head output the supervised head reads: 0 = h, 1 = first projection layer, -1 = z "
+        "(default: 1 under a finetuned_1pct or finetuned_10pct folder, else 0)",
+    )
+    convert.add_argument(
+        "--ema", action="store_true", help="take the weights from the ema_model/ copy (TF1)"
+    )
+    convert.add_argument("--overwrite", action="store_true", help="replace a non-empty DIR")
+    convert.set_defaults(run=commands.convert_tf)
+    return parser
