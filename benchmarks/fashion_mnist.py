@@ -132,7 +132,7 @@ def plan(data: str, budget: dict[str, list[str]], out: Path, extra: list[str]) -
         Run("linear", "SimCLR + linear eval on h", "100%", ["linear", "--init", str(pretrained), *base, *model], saves_run_dir=False),
         Run("finetune-v2-1%", "fine-tune from head layer 1 (v2)", "1%", ["finetune", "--init", str(pretrained), "--labels", "1%", *base, *model, *ft1]),
         Run("supervised-1%", "supervised from scratch", "1%", ["finetune", "--labels", "1%", *base, *model, *ft1]),
-        Run("finetune-v1-1%", "fine-tune from h (v1)", "1%", ["finetune", "--init", str(pretrained), "--labels", "1%", *base, *model, *ft1, "model.head_selector=0"]),
+        Run("finetune-v1-1%", "fine-tune from h (v1)", "1%", ["finetune", "--init", str(pretrained), "--labels", "1%", *base, *model, *ft1, "model.head_input=0"]),
         Run("distill-self-1%", "distilled into the same arch (tau 0.1)", "1%", ["distill", "--teacher", str(teacher), *base, *model, *dist]),
         Run("distill-small-1%", f"distilled into {student} (tau 1.0)", "1%", ["distill", "--teacher", str(teacher), *base, *model, *dist, f"distill.student_arch={student}", "distill.temperature=1.0"]),
         Run("finetune-v2-10%", "fine-tune from head layer 1 (v2)", "10%", ["finetune", "--init", str(pretrained), "--labels", "10%", *base, *model, *ft10]),

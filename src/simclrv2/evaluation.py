@@ -68,9 +68,14 @@ def classifier_accuracy(
 
 
 def knn_scores(
-    bank: Tensor, bank_labels: Tensor, queries: Tensor, num_classes: int, k: int = 200, temperature: float = 0.1,
+    bank: Tensor,
+    bank_labels: Tensor,
+    queries: Tensor,
+    num_classes: int,
+    k: int = 200,
+    temperature: float = 0.1,
     chunk: int = 1024,
-) -> Tensor:  # fmt: skip
+) -> Tensor:
     """Class scores (Q, C) of weighted kNN: the k most cosine-similar bank rows vote exp(sim / tau)."""
     bank = F.normalize(bank, dim=1)
     k = min(k, bank.shape[0])
@@ -85,9 +90,14 @@ def knn_scores(
 
 
 def knn_accuracy(
-    bank: Tensor, bank_labels: Tensor, queries: Tensor, labels: Tensor, num_classes: int, k: int = 200,
+    bank: Tensor,
+    bank_labels: Tensor,
+    queries: Tensor,
+    labels: Tensor,
+    num_classes: int,
+    k: int = 200,
     temperature: float = 0.1,
-) -> dict[str, float]:  # fmt: skip
+) -> dict[str, float]:
     return topk_accuracy(
         knn_scores(bank, bank_labels, queries, num_classes, k, temperature), labels
     )

@@ -200,7 +200,15 @@ def _described_shapes(meta: dict, path: Path) -> dict[str, tuple[int, ...]]:
             if isinstance(module, nn.Module)
             for name, tensor in module.state_dict().items()
         }
-    except (KeyError, TypeError, ValueError, IndexError, AttributeError, RuntimeError, OverflowError) as error:  # fmt: skip
+    except (
+        KeyError,
+        TypeError,
+        ValueError,
+        IndexError,
+        AttributeError,
+        RuntimeError,
+        OverflowError,
+    ) as error:
         raise UserError(
             f"{path} is not a valid model description ({type(error).__name__}: "
             f"{first_line(error)}); re-export the model"

@@ -92,6 +92,13 @@ def read_metrics(path: Path) -> list[dict]:
 def progress_bar(total: int, initial: int, description: str, enabled: bool = True) -> tqdm:
     """A bar over optimiser steps; the caller sets loss, lr and images/s as its postfix."""
     return tqdm(
-        total=total, initial=initial, desc=description, unit="step", dynamic_ncols=True,
-        disable=not enabled, mininterval=1.0, file=sys.stderr, leave=True,
-    )  # fmt: skip
+        total=total,
+        initial=initial,
+        desc=description,
+        unit="step",
+        dynamic_ncols=True,
+        disable=not enabled,
+        mininterval=1.0,
+        file=sys.stderr,
+        leave=True,
+    )

@@ -78,8 +78,14 @@ def _accuracy_over_epochs(stage: Path, rows: list[dict], out: Path) -> str | Non
     linear = _read_json(stage.parent / "linear" / "results.json")
     if stage.name == "pretrain" and isinstance(linear, dict) and "top1" in linear:
         last = max(row["epoch"] for row in rows)
-        axis.plot([last], [linear["top1"]], marker="*", markersize=12, linestyle="none",
-                  label=f"linear eval ({linear.get('method', '')}) top-1")  # fmt: skip
+        axis.plot(
+            [last],
+            [linear["top1"]],
+            marker="*",
+            markersize=12,
+            linestyle="none",
+            label=f"linear eval ({linear.get('method', '')}) top-1",
+        )
     axis.set(xlabel="epoch", ylabel="test accuracy (%)", title=f"{stage.name}: monitors")
     axis.legend(fontsize=8)
     return _save(figure, out / f"{stage.name}-accuracy.png")

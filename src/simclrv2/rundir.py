@@ -153,9 +153,13 @@ def environment() -> dict:
     """What produced the run: versions, commit, hardware."""
     try:
         commit = subprocess.run(
-            ["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, timeout=5,
-            cwd=Path(__file__).parent, check=False,
-        ).stdout.strip()  # fmt: skip
+            ["git", "rev-parse", "--short", "HEAD"],
+            capture_output=True,
+            text=True,
+            timeout=5,
+            cwd=Path(__file__).parent,
+            check=False,
+        ).stdout.strip()
     except (OSError, subprocess.TimeoutExpired):
         commit = ""
     return {

@@ -1,15 +1,14 @@
 """Where and how tensors run: device, autocast precision and memory format, from one config.
 
 Precision ``auto`` takes bf16 autocast wherever the device computes bf16 natively (CUDA GPUs with
-bf16; CPUs with AVX512-BF16 or AMX, where it is about 2x fp32 for ResNets and, in
-``benchmarks/peers.py``, reached the same kNN accuracy as fp32), else fp32; channels_last by
-default. The loss stays fp32. The same code path serves both devices.
+bf16; CPUs with AVX512-BF16 or AMX), else fp32; channels_last by default. The speed and accuracy
+of bf16 against fp32 are measured in ``benchmarks/RESULTS.md`` (precision, peers). The loss stays fp32. The same code path serves both devices.
 Under torchrun each process takes the GPU of its LOCAL_RANK. ``runtime.compile`` compiles the
 modules in place (``nn.Module.compile``), so their state-dict names stay those of the modules.
 
 On the CPU, PyTorch takes every tensor from the C heap. glibc serves blocks above 128 kB with
 fresh pages from the OS and gives them back when freed, so each new activation, gradient or view
-of a step costs a page fault per 4 kB (a fifth of a ResNet-18 step on this project's 2-core VM).
+of a step costs a page fault per 4 kB (their share of a step: ``benchmarks/RESULTS.md``, heap).
 ``runtime.retain_freed_memory`` (default on) makes glibc serve every block from its heap and keep
 freed ones there for the next step: the effect of the jemalloc/tcmalloc preload that PyTorch's
 CPU tuning guide recommends, without one. The process keeps its peak memory until it exits.
@@ -83,7 +82,7 @@ def retain_freed_memory() -> bool:
 
 def native_bf16(device: torch.device) -> bool:
     """Whether the device computes in bf16 natively, where bf16 autocast is the faster choice: a
-    CUDA GPU with bf16, or a CPU with AVX512-BF16 or AMX (about 2x fp32 for ResNets here)."""
+    CUDA GPU with bf16, or a CPU with AVX512-BF16 or AMX."""
     if device.type == "cuda":
         return torch.cuda.is_bf16_supported()
     if device.type != "cpu":

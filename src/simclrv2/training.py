@@ -242,9 +242,15 @@ def fit(
     with bar, _StopSignal() as stop:  # the bar is closed however training ends
         while position.epoch < epochs:
             batches = epoch_batches(
-                data, batch_size, seed=seed, epoch=position.epoch, start_batch=position.batch,
-                rank=distributed.rank(), world_size=distributed.world_size(), device=runtime.device,
-            )  # fmt: skip
+                data,
+                batch_size,
+                seed=seed,
+                epoch=position.epoch,
+                start_batch=position.batch,
+                rank=distributed.rank(),
+                world_size=distributed.world_size(),
+                device=runtime.device,
+            )
             for images, labels in batches:
                 started = time.perf_counter()
                 lr = schedule(position.step)
@@ -297,9 +303,11 @@ def fit(
                 if epoch_values:
                     stage.metrics.write(position.step, position.epoch, epoch_values)
                     LOG.info(
-                        "%s epoch %d: %s", stage.name, position.epoch,
+                        "%s epoch %d: %s",
+                        stage.name,
+                        position.epoch,
                         ", ".join(f"{k} {v:.4g}" for k, v in epoch_values.items()),
-                    )  # fmt: skip
+                    )
             checkpoint()
             if distributed.any_process(stop.requested):  # it came during the epoch-end monitors
                 raise Interrupted(stage.directory, position.step)

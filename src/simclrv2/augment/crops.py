@@ -60,7 +60,8 @@ def _first_success(ok: Tensor, values: Tensor) -> tuple[Tensor, Tensor]:
 def _area_boxes(
     n: int, height: int, width: int, scale, ratio, generator: torch.Generator, device
 ) -> tuple[Tensor, Tensor, Tensor]:
-    """SPEC sampler: (h, w, success) per image; area U(scale), log-uniform aspect."""
+    """The paper's sampler (docs/facts.md): (h, w, success) per image; area U(scale), log-uniform
+    aspect."""
     shape = (n, MAX_ATTEMPTS)
     area = height * width * torch.empty(shape, device=device).uniform_(*scale, generator=generator)
     log_ratio = torch.empty(shape, device=device).uniform_(
@@ -126,8 +127,8 @@ def sample_crop_boxes(
 ) -> Tensor:
     """Random crop boxes for n images of height x width: (n, 4) int64 rows (top, left, h, w).
 
-    ``sampler`` is "area" (SPEC) or "tf" (the reference's sample_distorted_bounding_box); see the
-    module docstring. Offsets are uniform over the positions where the box fits ("tf": all but
+    ``sampler`` is "area" (the paper, docs/facts.md) or "tf" (the reference's
+    ``sample_distorted_bounding_box``); see the package docstring. Offsets are uniform over the positions where the box fits ("tf": all but
     the last, as TF's kernel), and centred for the "area" sampler's fallback crop.
     """
     device = generator.device

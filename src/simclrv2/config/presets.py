@@ -69,7 +69,7 @@ def cifar10_v1() -> Config:
 
 def fashion_mnist() -> Config:
     """The full Fashion-MNIST (60,000 + 10,000, 28 px, 1 channel) on a CPU: ResNet-18 at half width
-    with the standard stem (the CIFAR stem at 28 px costs about 5x more on a CPU), and the CIFAR
+    with the standard stem (the CIFAR stem at 28 px costs more: benchmarks/RESULTS.md), and the CIFAR
     recipe's optimiser (LARS lr 1.0*B/256, tau 0.5, jitter 0.5, no blur). The supervised baseline's
     optimiser (SGD, 0.4*B/256, weight decay 5e-4) is one of the two best of a grid on the demo's 1%
     labels (0.4: 65.1%, 0.8: 65.8%; README, "The demo preset"). Fine-tuning stays SimCLRv2's.
@@ -92,7 +92,7 @@ def fashion_mnist() -> Config:
 def demo() -> Config:
     """The embedded Fashion-MNIST subset (10,000 + 2,000) on a 2-core CPU: the whole pipeline in at
     most 10 minutes. Chosen by sweeps on this subset (README, "The demo preset"): ResNet-18 at
-    quarter width with the standard stem (as good as half width after fine-tuning, 2.3x faster),
+    quarter width with the standard stem (as good as half width after fine-tuning, and faster),
     pretraining lr 3.0*B/256 (better than 0.3, 1.0 and 10), 25 epochs. Fine-tuning and the
     supervised baseline use the same optimiser (SGD with Nesterov momentum, weight decay 5e-4),
     each with the learning rate best on a grid at 1% labels: 0.05*B/256 and 0.8*B/256."""

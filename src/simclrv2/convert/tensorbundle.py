@@ -27,9 +27,20 @@ from simclrv2.tfio.crc32c import crc32c, mask
 
 # DataType enum of tensorflow/core/framework/types.proto -> name; numpy dtype of the fixed-size ones
 DTYPE_NAMES = {
-    1: "float32", 2: "float64", 3: "int32", 4: "uint8", 5: "int16", 6: "int8", 7: "string",
-    9: "int64", 10: "bool", 17: "uint16", 19: "float16", 22: "uint32", 23: "uint64",
-}  # fmt: skip
+    1: "float32",
+    2: "float64",
+    3: "int32",
+    4: "uint8",
+    5: "int16",
+    6: "int8",
+    7: "string",
+    9: "int64",
+    10: "bool",
+    17: "uint16",
+    19: "float16",
+    22: "uint32",
+    23: "uint64",
+}
 NUMPY_DTYPES = {
     name: np.dtype(name).newbyteorder("<") for name in DTYPE_NAMES.values() if name != "string"
 }

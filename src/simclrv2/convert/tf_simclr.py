@@ -96,9 +96,12 @@ def head_input_rule(source: str | Path) -> tuple[int, str]:
 
 
 def _build(
-    spec: ResNetSpec, roles: Mapping[Role, str], shapes: Mapping[str, tuple[int, ...]],
-    head_input: int, source: str,
-) -> ExportedModel:  # fmt: skip
+    spec: ResNetSpec,
+    roles: Mapping[Role, str],
+    shapes: Mapping[str, tuple[int, ...]],
+    head_input: int,
+    source: str,
+) -> ExportedModel:
     """Encoder, projection head and classifier on the meta device, sized from the checkpoint."""
     head_layers = sorted({role[2] for role in roles if role[0] == "head"})
     if any(("head", "dense", j, "kernel") not in roles for j in head_layers):
