@@ -129,14 +129,15 @@ class _StopSignal:
             signal.signal(sig, handler)
 
 
-def _rng_state(generator: torch.Generator) -> dict[str, Tensor]:
+def _random_streams(generator: torch.Generator) -> dict[str, Tensor]:
+    """The random streams a checkpoint saves: augmentation, torch's global CPU (and CUDA) ones."""
     state = {"augment": generator.get_state(), "torch": torch.get_rng_state()}
     if torch.cuda.is_available():
         state["cuda"] = torch.cuda.get_rng_state()
     return state
 
 
-def _restore_rng(states: list[dict[str, Tensor]], generator: torch.Generator) -> None:
+def _restore_random_streams(states: list[dict[str, Tensor]], generator: torch.Generator) -> None:
     """This process's streams from every process's (``states[rank]``). A process the saved run did
     not have keeps its fresh streams: the run goes on, no longer bit-exact (its data shards moved
     anyway)."""
@@ -195,7 +196,7 @@ def fit(
             for name, module in modules.items():
                 module.load_state_dict(saved["modules"][name])
             optimizer.load_state_dict(saved["optimizer"])
-            _restore_rng(saved["rng"], generator)
+            _restore_random_streams(saved["rng"], generator)
             position = Position(**saved["position"])
         except (KeyError, TypeError, ValueError, RuntimeError) as error:
             raise UserError(
@@ -218,7 +219,7 @@ def fit(
         if broken is not None:  # never replace the last good checkpoint with these weights
             lr = schedule(max(position.step - 1, 0))
             raise _diverged(stage, f"{broken} became non-finite", position.step, lr, batch_size)
-        rng = distributed.all_gather_objects(_rng_state(generator))  # every process's streams
+        rng = distributed.all_gather_objects(_random_streams(generator))  # every process's streams
         if is_main:
             state = {
                 "modules": {name: module.state_dict() for name, module in modules.items()},
