@@ -4,7 +4,8 @@ The JSON names the architecture (encoder spec, projection head, classifier and t
 classifier reads, ``head_input``), so :func:`load_exported` rebuilds the modules before loading the weights. The
 tensors are stored under ``encoder.*``, ``projection_head.*`` and ``classifier.*``; the JSON also
 holds the weights file's sha256, checked on loading (exports without one load unchecked). This is
-the format that ``simclrv2 convert-tf`` writes and every stage's ``--init`` reads.
+the format that ``simclrv2 convert-tf`` writes and every stage's ``--init`` reads. A model card,
+``README.md`` (:mod:`simclrv2.model_card`), is written with them, for people; nothing reads it.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from torch import nn
 from simclrv2.atomic import atomic_directory, remove_stale_staging
 from simclrv2.checkpoint import sha256
 from simclrv2.errors import UserError, first_line
+from simclrv2.model_card import CARD, model_card
 from simclrv2.models import (
     Classifier,
     LinearClassifier,
@@ -54,6 +56,18 @@ class ExportedModel:
         head = head.prefix(self.head_input) if head is not None else nn.Sequential()
         return Classifier(self.encoder, head, self.classifier)
 
+    def input_side(self) -> tuple[int, str]:
+        """The image side in px the network expects, and why: the side it was trained at where
+        ``info`` records it (``info["data"]["image_size"]``), else CIFAR's 32 for the CIFAR stem
+        and ImageNet's 224 for the other (converted TF checkpoints)."""
+        data = self.info.get("data")
+        side = data.get("image_size") if isinstance(data, dict) else None
+        if type(side) is int and side > 0:
+            return side, "the side it was trained at"
+        if self.encoder.spec.cifar_stem:
+            return 32, "not recorded; CIFAR's, for the CIFAR stem"
+        return 224, "not recorded; ImageNet's, for the ImageNet stem"
+
 
 def _architecture(model: ExportedModel) -> dict:
     head = model.projection_head
@@ -84,23 +98,35 @@ def check_destination(directory: str | Path, overwrite: bool = False) -> None:
         )
 
 
-def save_exported(model: ExportedModel, directory: str | Path, overwrite: bool = False) -> Path:
+def save_exported(
+    model: ExportedModel,
+    directory: str | Path,
+    overwrite: bool = False,
+    metrics: dict[str, dict] | None = None,
+    config: str | None = None,
+) -> Path:
     """Write the export as an atomic directory (:mod:`simclrv2.atomic`): ``directory`` never holds
-    a half-written export. What writers that were killed left beside it is removed first."""
+    a half-written export. What writers that were killed left beside it is removed first. Its
+    model card (``README.md``, :mod:`simclrv2.model_card`) shows ``metrics`` ({split name:
+    {metric: value}}, as evaluated before the export) and ``config`` (the resolved config, YAML)."""
     directory = Path(directory)
     check_destination(directory, overwrite)
     directory.parent.mkdir(parents=True, exist_ok=True)
     remove_stale_staging(directory.parent, f"{directory.name}.")
+    modules = dict(zip(PARTS, (model.encoder, model.projection_head, model.classifier)))
     tensors = {
         f"{part}.{name}": tensor.detach().contiguous().cpu()
-        for part, module in zip(PARTS, (model.encoder, model.projection_head, model.classifier))
+        for part, module in modules.items()
         if module is not None
         for name, tensor in module.state_dict().items()
     }
+    description = _architecture(model)
+    card = model_card(description, modules, model.input_side(), directory, metrics, config)
     with atomic_directory(directory) as staging:
         save_file(tensors, staging / WEIGHTS)
-        meta = _architecture(model) | {"weights_sha256": sha256(staging / WEIGHTS)}
+        meta = description | {"weights_sha256": sha256(staging / WEIGHTS)}
         (staging / METADATA).write_text(json.dumps(meta, indent=2) + "\n")
+        (staging / CARD).write_text(card)
     return directory
 
 

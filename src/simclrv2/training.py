@@ -27,6 +27,7 @@ from torch import Tensor, nn
 from simclrv2 import distributed
 from simclrv2.atomic import write_text
 from simclrv2.checkpoint import checkpoints, load_latest, save_checkpoint, space_needed
+from simclrv2.config import Config
 from simclrv2.data import ImageDataset, batches_per_epoch, epoch_batches
 from simclrv2.errors import Interrupted, UserError, first_line
 from simclrv2.export import ExportedModel, load_exported, save_exported
@@ -81,17 +82,35 @@ class Stage:
     def checkpoints(self) -> Path:
         return self.directory / "checkpoints"
 
-    def finish(self, exported: ExportedModel, metrics: dict, summary: str) -> StageResult:
-        """Rank 0 writes ``model/`` and ``results.json`` (``metrics`` plus the seconds of this
-        invocation: a resumed run counts its own part); every process returns once they are
-        there, with the result. ``summary`` is the stage's log line."""
+    def finish(
+        self, exported: ExportedModel, metrics: dict, summary: str, config: Config
+    ) -> StageResult:
+        """Rank 0 writes ``model/`` (its card shows ``metrics`` on ``config.data.test_split`` and
+        ``config``) and ``results.json`` (``metrics`` plus the seconds of this invocation: a
+        resumed run counts its own part); every process returns once they are there, with the
+        result. ``summary`` is the stage's log line."""
+        evaluated = {config.data.test_split: metrics} if metrics else None
         metrics = metrics | {"seconds": time.perf_counter() - self.started}
         if distributed.rank() == 0:
-            save_exported(exported, self.directory / "model", overwrite=True)
+            save_exported(
+                exported,
+                self.directory / "model",
+                overwrite=True,
+                metrics=evaluated,
+                config=config.to_yaml(),
+            )
             write_text(self.directory / RESULTS, json.dumps(metrics, indent=2) + "\n")
         distributed.barrier()
         LOG.info("%s: %s", self.name, summary)
         return StageResult(exported, metrics)
+
+
+def data_info(config: Config, trained_on: ImageDataset, splits: dict[str, dict]) -> dict:
+    """The ``data`` entry of a stage's export info, for its model card: the source, the image
+    side in px the network was trained at, and what each split held
+    (:meth:`ImageDataset.describe`)."""
+    source = config.data.source or "embedded"
+    return {"source": source, "image_size": trained_on.image_size, "splits": splits}
 
 
 def finished_result(directory: Path) -> StageResult | None:

@@ -192,6 +192,17 @@ def report(args: argparse.Namespace) -> None:
     print(f"report: {build_report(args.run_dir)}")
 
 
+def export(args: argparse.Namespace) -> None:
+    from simclrv2.deploy import export, final_model
+    from simclrv2.export import load_exported
+
+    directory, what = final_model(args.model)
+    deployed = export(load_exported(directory), args.format, args.out, args.part)
+    print(f"model: {directory} ({what})")
+    print(f"wrote {deployed.path}: its {deployed.contract['part']} as {deployed.format}")
+    print("\n".join(f"  {line}" for line in deployed.summary()))
+
+
 def convert_tf(args: argparse.Namespace) -> None:
     from simclrv2.convert.tf_simclr import convert
 

@@ -159,6 +159,24 @@ def build_parser() -> argparse.ArgumentParser:
     )
     models.set_defaults(run=commands.models)
 
+    export = subcommands.add_parser(
+        "export", help="ONNX or TorchScript file of a model, to run it without simclrv2"
+    )
+    export.add_argument(
+        "model",
+        metavar="MODEL",
+        help="exported model directory, or a run directory: its final model (the distilled "
+        "student, else the fine-tuned model, else the pretrained one)",
+    )
+    export.add_argument("--format", required=True, help="onnx or torchscript")
+    export.add_argument("--out", required=True, metavar="FILE", help="file to write (replaced)")
+    export.add_argument(
+        "--part",
+        help="classifier (images -> logits; the default where the model has one) or encoder "
+        "(images -> h)",
+    )
+    export.set_defaults(run=commands.export)
+
     convert = subcommands.add_parser(
         "convert-tf",
         help="convert the authors' TensorFlow checkpoint (TF1, TF2 or SavedModel) for --init",

@@ -80,6 +80,18 @@ class ImageDataset(Dataset):
         """Side of the square images, in pixels."""
         return self.images.shape[-1]
 
+    def describe(self, labels: bool = True) -> dict:
+        """What a model card says of this data (JSON, small): the image count and, with
+        ``labels``, the labelled count and the labels per class name."""
+        if not labels:
+            return {"images": len(self)}
+        counts = torch.bincount(self.labels[self.labels >= 0], minlength=self.num_classes)
+        return {
+            "images": len(self),
+            "labelled": int(counts.sum()),
+            "labels_per_class": dict(zip(self.classes, counts.tolist())),
+        }
+
     def subset(self, indices: Tensor | Sequence[int]) -> ImageDataset:
         """The images at ``indices`` (in that order), copied into memory."""
         indices = torch.as_tensor(indices, dtype=torch.int64)

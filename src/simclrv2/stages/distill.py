@@ -25,7 +25,7 @@ from simclrv2.export import ExportedModel
 from simclrv2.losses import distillation_loss
 from simclrv2.models import Classifier, LinearClassifier, arch_name
 from simclrv2.runtime import Runtime
-from simclrv2.training import Stage, StageResult, fit
+from simclrv2.training import Stage, StageResult, data_info, fit
 
 
 def distill(
@@ -88,6 +88,15 @@ def distill(
         seed=config.runtime.seed,
     )
     metrics = classifier_accuracy(student, test, runtime, size) | {"student": arch}
-    info = {"stage": "distill", "student": arch}
+    splits = {"train": unlabelled.describe(labels=False), config.data.test_split: test.describe()}
+    if mix_labels:
+        splits["train, labelled subset"] = labelled.describe()
+    info = {
+        "stage": "distill",
+        "student": arch,
+        "data": data_info(config, unlabelled, splits),
+        "classes": test.classes,
+    }
     exported = ExportedModel(encoder, None, student.linear, 0, info)
-    return stage.finish(exported, metrics, f"{arch} student, top-1 {metrics['top1']:.2f}%")
+    summary = f"{arch} student, top-1 {metrics['top1']:.2f}%"
+    return stage.finish(exported, metrics, summary, config)

@@ -24,7 +24,7 @@ from simclrv2.export import ExportedModel
 from simclrv2.metrics import LOG
 from simclrv2.models import Classifier, LinearClassifier
 from simclrv2.runtime import Runtime
-from simclrv2.training import Stage, StageResult, fit
+from simclrv2.training import Stage, StageResult, data_info, fit
 
 
 def finetune(
@@ -80,7 +80,13 @@ def finetune(
         seed=config.runtime.seed,
     )
     metrics = classifier_accuracy(model, test, runtime, size) | {"labelled_images": len(labelled)}
-    info = {"stage": name, "labels": len(labelled)}
+    splits = {"train": labelled.describe(), config.data.test_split: test.describe()}
+    info = {
+        "stage": name,
+        "labels": len(labelled),
+        "data": data_info(config, labelled, splits),
+        "classes": labelled.classes,
+    }
     exported = ExportedModel(encoder, projection_head, model.linear, head_input, info)
     summary = f"top-1 {metrics['top1']:.2f}% with {len(labelled)} labels"
-    return stage.finish(exported, metrics, summary)
+    return stage.finish(exported, metrics, summary, config)

@@ -31,7 +31,7 @@ from simclrv2.losses import nt_xent
 from simclrv2.memory import EmbeddingQueue, MovingAverage
 from simclrv2.models import LinearClassifier
 from simclrv2.runtime import Runtime
-from simclrv2.training import Stage, StageResult, fit
+from simclrv2.training import Stage, StageResult, data_info, fit
 
 
 def pretrain(
@@ -125,10 +125,18 @@ def pretrain(
         )
     metrics = monitor(settings.epochs)
     stage.metrics.write(position.step, settings.epochs, metrics)
-    info = {"stage": "pretrain", "preset": config.preset}
+    splits = {"train": train.describe()}
+    if test is not None:
+        splits[config.data.test_split] = test.describe()
+    info = {
+        "stage": "pretrain",
+        "preset": config.preset,
+        "data": data_info(config, train, splits),
+        "classes": train.classes,
+    }
     exported = ExportedModel(model.encoder, model.projection_head, online, head_input=0, info=info)
     summary = ", ".join(f"{k} {v:.2f}" for k, v in metrics.items()) or "done"
-    return stage.finish(exported, metrics, summary)
+    return stage.finish(exported, metrics, summary, config)
 
 
 def evaluate_representation(
