@@ -167,6 +167,9 @@ def test_cli_prints_the_summary(simclr_tf, tmp_path, capsys):
     assert "architecture: r50_0.125x_sk1" in out
     assert "parameters: 736,422 + 9,680 BatchNorm statistics" in out  # 746,102 in the README
     assert "ignored: 1 TF2 object graph" in out
+    card = (tmp_path / "o" / "README.md").read_text()  # the model card, with what is known
+    assert card.startswith("# r50_0.125x_sk1\n") and "- layout: TF2 SavedModel" in card
+    assert "- parameters: 736,422 (" in card and "## Data\n\nNot recorded" in card
 
 
 def _other_model(folder: Path) -> None:

@@ -166,6 +166,7 @@ STUBBED = [
     ("simclrv2.stages.embed", "embed"),
     ("simclrv2.visualize", "augmentation_grid"),
     ("simclrv2.convert.tf_simclr", "convert"),
+    ("simclrv2.deploy", "export"),
     ("simclrv2.models.stats", "architecture_table"),
     ("simclrv2.report", "build_report"),
 ]
@@ -183,6 +184,7 @@ COMMAND_OPTIONS = {  # the options each command takes; any of them may be given 
     "config": CONFIG_OPTIONS,
     "models": ["--image-size"],
     "convert-tf": ["--out", "--head-input"],
+    "export": ["--out", "--format", "--part"],
     "report": [],
     "train": [],  # no such command
 }  # fmt: skip
@@ -236,7 +238,7 @@ def _command_line(workspace: Path):
     token = OVERRIDE.filter(lambda text: "~" not in text and not Path(text).exists())  # no "/"
     value = st.one_of(
         st.sampled_from([str(workspace / p) for p in paths]),
-        st.sampled_from(["demo", "cifar10-v1", "0.5", "1%", "150%", "2-per-class", "-1", "0", "3", "test"]),
+        st.sampled_from(["demo", "cifar10-v1", "0.5", "1%", "150%", "2-per-class", "-1", "0", "3", "test", "onnx", "encoder"]),
         token,
     )  # fmt: skip
 

@@ -35,10 +35,10 @@ INPUT = "images"  # the input's name in the file
 ONNX_LIMIT = 2 << 30  # bytes: one ONNX protobuf holds at most 2 GiB
 CHECK_BATCH = 3  # random images the written file is run on (the example traced has 2)
 FINAL_MODELS = (  # where a run keeps its models, the final one first (a pipeline, then one stage)
-    ("distill-*", "the distilled student"),
-    ("finetune-*", "the fine-tuned model"),
-    ("pretrain", "the pretrained model"),
-    (".", "the run's model"),
+    ("distill-*/model", "the distilled student"),
+    ("finetune-*/model", "the fine-tuned model"),
+    ("pretrain/model", "the pretrained model"),
+    ("model", "the run's model"),
 )
 
 
@@ -76,7 +76,7 @@ def final_model(path: str | Path) -> tuple[Path, str]:
     if (path / METADATA).is_file():
         return path, "an exported model"
     for pattern, what in FINAL_MODELS:
-        found = [d / "model" for d in path.glob(pattern) if (d / "model" / METADATA).is_file()]
+        found = [model for model in path.glob(pattern) if (model / METADATA).is_file()]
         if found:
             return max(found, key=lambda model: (_label_percent(model.parent.name), model)), what
     raise UserError(

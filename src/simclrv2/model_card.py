@@ -142,7 +142,11 @@ def _metrics(metrics: dict[str, dict], classes: list[str]) -> str:
     text = "## Metrics\n\n" + format_table(rows, markdown=True)
     for split, values in metrics.items():
         confusion = values.get("confusion")
-        if isinstance(confusion, list) and len(confusion) == len(classes):
+        square = isinstance(confusion, list) and len(confusion) == len(classes)
+        if square and all(
+            isinstance(row, list) and len(row) == len(classes) and all(type(n) is int for n in row)
+            for row in confusion
+        ):
             accuracy = [
                 format_metric(100.0 * row[k] / sum(row)) if sum(row) else "-"
                 for k, row in enumerate(confusion)
