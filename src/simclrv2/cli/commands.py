@@ -210,15 +210,15 @@ def neighbours(args: argparse.Namespace) -> None:
         table, picture, count = curation.duplicates(
             exported, data, runtime, args.out, threshold, args.k, against
         )
-        print(f"{count} pairs with cosine >= {threshold}: {table}")
+        print(f"{count} pairs at a cosine of {threshold} or more: {table}")
         if picture is not None:
-            print(f"the first {min(count, curation.ROWS_SHOWN)} pairs: {picture}")
+            print(f"picture of the first {min(count, curation.ROWS_SHOWN)} pairs: {picture}")
         return
     channels = exported.encoder.spec.in_channels
     queries = curation.read_queries(args.query, data.image_size, channels)
     table, picture = curation.neighbours(exported, data, queries, runtime, args.k, args.out)
-    print(f"{args.k} neighbours of {len(queries)} queries: {table}")
-    print(f"the first {min(len(queries), curation.ROWS_SHOWN)} queries: {picture}")
+    print(f"the {args.k} nearest images to each of {len(queries)} queries: {table}")
+    print(f"picture of the first {min(len(queries), curation.ROWS_SHOWN)} queries: {picture}")
 
 
 def suggest_labels(args: argparse.Namespace) -> None:
