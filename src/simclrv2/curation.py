@@ -210,7 +210,9 @@ def suggest_labels(
     return least_confident(logits, n, labelled, seed)
 
 
-def save_suggestions(path: str | os.PathLike, pool: ImageDataset, picks: Tensor, comment: str):
+def save_suggestions(
+    path: str | os.PathLike, pool: ImageDataset, picks: Tensor, comment: str
+) -> None:
     """The picks as a list file, atomically: their file names where the pool has names (for
     :func:`~simclrv2.data.indices_from_names`), else their indices (for
     :func:`~simclrv2.data.load_indices`), after a ``# comment`` line."""
