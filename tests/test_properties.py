@@ -165,6 +165,9 @@ STUBBED = [
     ("simclrv2.stages.evaluate", "knn_eval"),
     ("simclrv2.stages.embed", "embed"),
     ("simclrv2.visualize", "augmentation_grid"),
+    ("simclrv2.curation", "neighbours"),
+    ("simclrv2.curation", "duplicates"),
+    ("simclrv2.curation", "suggest_labels"),
     ("simclrv2.convert.tf_simclr", "convert"),
     ("simclrv2.deploy", "export"),
     ("simclrv2.models.stats", "architecture_table"),
@@ -181,6 +184,8 @@ COMMAND_OPTIONS = {  # the options each command takes; any of them may be given 
     "knn": [*CONFIG_OPTIONS, "--init"],
     "embed": [*CONFIG_OPTIONS, "--init", "--out", "--split"],
     "show-augmentations": [*CONFIG_OPTIONS, "--out", "--views", "--images", "--size", "--seed", "--split"],
+    "neighbours": [*CONFIG_OPTIONS, "--model", "--query", "--against", "--against-split", "--k", "--threshold", "--out", "--split"],
+    "suggest-labels": [*CONFIG_OPTIONS, "--model", "--n", "--out", "--labelled", "--method", "--seed", "--split"],
     "config": CONFIG_OPTIONS,
     "models": ["--image-size"],
     "convert-tf": ["--out", "--head-input"],
@@ -189,7 +194,7 @@ COMMAND_OPTIONS = {  # the options each command takes; any of them may be given 
     "train": [],  # no such command
 }  # fmt: skip
 ALL_OPTIONS = sorted({o for options in COMMAND_OPTIONS.values() for o in options})
-FLAGS = ["--json", "--ema", "--overwrite", "--help", "--bogus"]
+FLAGS = ["--json", "--ema", "--overwrite", "--duplicates", "--help", "--bogus"]
 
 
 class StubReached(Exception):  # noqa: N818 (a signal from the stubs, not a failure)

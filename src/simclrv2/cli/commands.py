@@ -186,6 +186,73 @@ def show_augmentations(args: argparse.Namespace) -> None:
     print(f"{len(chosen)} images x {args.views} views: {args.out}\n{augment}")
 
 
+def neighbours(args: argparse.Namespace) -> None:
+    from dataclasses import replace
+
+    from simclrv2 import build, curation
+    from simclrv2.export import load_exported
+    from simclrv2.runtime import resolve_runtime
+
+    if args.against and not args.duplicates:
+        raise UserError("--against compares two sources for duplicates; add --duplicates")
+    if Path(args.out).exists() and not Path(args.out).is_dir():
+        raise UserError(f"--out {args.out} is a file; give a folder for the CSV and the PNG")
+    config = _config(args)
+    exported = load_exported(args.model)
+    data = build.dataset(config.data, args.split)
+    runtime = resolve_runtime(config.runtime)
+    if args.duplicates:
+        against = None
+        if args.against:
+            settings = replace(config.data, source=args.against, image_size=data.image_size)
+            against = build.dataset(settings, args.against_split)
+        threshold = curation.DUPLICATE_THRESHOLD if args.threshold is None else args.threshold
+        table, picture, count = curation.duplicates(
+            exported, data, runtime, args.out, threshold, args.k, against
+        )
+        print(f"{count} pairs at a cosine of {threshold} or more: {table}")
+        if picture is not None:
+            print(f"picture of the first {min(count, curation.ROWS_SHOWN)} pairs: {picture}")
+        return
+    channels = exported.encoder.spec.in_channels
+    queries = curation.read_queries(args.query, data.image_size, channels)
+    table, picture = curation.neighbours(exported, data, queries, runtime, args.k, args.out)
+    print(f"the {args.k} nearest images to each of {len(queries)} queries: {table}")
+    print(f"picture of the first {min(len(queries), curation.ROWS_SHOWN)} queries: {picture}")
+
+
+def suggest_labels(args: argparse.Namespace) -> None:
+    import torch
+
+    from simclrv2 import build, curation
+    from simclrv2.data import indices_from_file
+    from simclrv2.export import load_exported
+    from simclrv2.runtime import resolve_runtime
+
+    if Path(args.out).is_dir():
+        raise UserError(f"--out {args.out} is a folder; give the name of the file list to write")
+    config = _config(args)
+    exported = load_exported(args.model)
+    pool = build.dataset(config.data, args.split)
+    labelled = torch.empty(0, dtype=torch.int64)
+    if args.labelled:
+        if not Path(args.labelled).is_file():
+            raise UserError(
+                f"--labelled {args.labelled} is not a file; give an index file or a list of file names"
+            )
+        labelled = indices_from_file(pool, args.labelled)
+    runtime = resolve_runtime(config.runtime)
+    picks = curation.suggest_labels(
+        exported, pool, runtime, args.n, labelled, args.seed, args.method
+    )
+    comment = (
+        f"simclrv2 suggest-labels --method {args.method} --model {args.model} --seed {args.seed}: "
+        f"{len(picks)} of {len(pool)} images, {len(labelled)} already labelled"
+    )
+    curation.save_suggestions(args.out, pool, picks, comment)
+    print(f"{len(picks)} images to label next ({args.method}): {args.out}")
+
+
 def report(args: argparse.Namespace) -> None:
     from simclrv2.report import build_report
 

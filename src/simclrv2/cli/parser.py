@@ -22,6 +22,17 @@ def _int_at_least(low: int):
     return parse
 
 
+def _cosine(text: str) -> float:
+    """argparse type: a cosine similarity, a number in [-1, 1]."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+    if not -1 <= value <= 1:
+        raise argparse.ArgumentTypeError(f"a cosine is in [-1, 1], got {value}")
+    return value
+
+
 def _add_config_options(parser: argparse.ArgumentParser, runs: bool = True) -> None:
     parser.add_argument(
         "--preset", default="demo", help="demo (default), fashion-mnist, cifar10-v1, imagenet-v2"
@@ -133,6 +144,68 @@ def build_parser() -> argparse.ArgumentParser:
     grid.add_argument("--split", default="train", help="split of the data (default train)")
     _add_config_options(grid, runs=False)
     grid.set_defaults(run=commands.show_augmentations)
+
+    neighbours = subcommands.add_parser(
+        "neighbours",
+        help="nearest images by cosine of h (CSV + PNG), or near-duplicate pairs (--duplicates)",
+    )
+    neighbours.add_argument("--model", required=True, help="exported or converted model directory")
+    wanted = neighbours.add_mutually_exclusive_group(required=True)
+    wanted.add_argument(
+        "--query", metavar="IMAGE_OR_FOLDER", help="image file or folder to look up"
+    )
+    wanted.add_argument(
+        "--duplicates",
+        action="store_true",
+        help="near-duplicate pairs within --data (or --against)",
+    )
+    neighbours.add_argument(
+        "--against",
+        metavar="SOURCE2",
+        help="with --duplicates: pairs between --data and this source (a train/test leak check)",
+    )
+    neighbours.add_argument(
+        "--against-split", default="train", help="split of --against (default train)"
+    )
+    neighbours.add_argument(
+        "--k",
+        type=_int_at_least(1),
+        default=5,
+        help="neighbours per query; with --duplicates, partners per image at most (5)",
+    )
+    neighbours.add_argument(
+        "--threshold",
+        type=_cosine,
+        help="with --duplicates: the least cosine of h of a near-duplicate pair (default 0.95)",
+    )
+    neighbours.add_argument(
+        "--out", required=True, metavar="DIR", help="folder for the CSV and the PNG"
+    )
+    neighbours.add_argument("--split", default="train", help="split of --data (default train)")
+    _add_config_options(neighbours, runs=False)
+    neighbours.set_defaults(run=commands.neighbours)
+
+    suggest = subcommands.add_parser(
+        "suggest-labels", help="the images of an unlabelled pool to label next, as a file list"
+    )
+    suggest.add_argument("--model", required=True, help="exported or converted model directory")
+    suggest.add_argument("--n", type=_int_at_least(1), required=True, help="images to suggest")
+    suggest.add_argument(
+        "--out", required=True, metavar="FILE", help="file list to write (names, else indices)"
+    )
+    suggest.add_argument(
+        "--labelled", metavar="LIST", help="images already labelled: an index file or file names"
+    )
+    suggest.add_argument(
+        "--method",
+        choices=("kcenter", "uncertain"),
+        default="kcenter",
+        help="kcenter: k-centre greedy on h (default); uncertain: lowest max softmax (a classifier)",
+    )
+    suggest.add_argument("--seed", type=int, default=0, help="first centre or tie order (0)")
+    suggest.add_argument("--split", default="train", help="split of --data, the pool (train)")
+    _add_config_options(suggest, runs=False)
+    suggest.set_defaults(run=commands.suggest_labels)
 
     report = subcommands.add_parser(
         "report",

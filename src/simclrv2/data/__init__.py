@@ -9,10 +9,12 @@ from simclrv2.data.loader import batches_per_epoch, epoch_batches, epoch_order
 from simclrv2.data.sources import load_dataset
 from simclrv2.data.splits import (
     class_balanced_indices,
+    indices_from_file,
     indices_from_names,
     labelled_indices,
     load_indices,
     save_indices,
+    save_names,
 )
 
 __all__ = [
@@ -22,9 +24,11 @@ __all__ = [
     "class_balanced_indices",
     "epoch_batches",
     "epoch_order",
+    "indices_from_file",
     "indices_from_names",
     "labelled_indices",
     "load_dataset",
     "load_indices",
     "save_indices",
+    "save_names",
 ]

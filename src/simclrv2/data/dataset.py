@@ -15,10 +15,11 @@ import torch.nn.functional as F
 from torch import Tensor
 from torch.utils.data import Dataset
 
+from simclrv2.augment.colour import GRAY_WEIGHTS
 from simclrv2.errors import UserError
 
 UNLABELLED = -1  # the label of an image without one (STL-10's unlabeled split, a flat folder)
-RESIZE_CHUNK = 1024  # images resized per interpolate call, bounding the float32 working memory
+RESIZE_CHUNK = 1024  # images converted per call (resize, grey), bounding the float32 working memory
 
 
 class ImageDataset(Dataset):
@@ -105,6 +106,26 @@ class ImageDataset(Dataset):
         return ImageDataset(
             self.images.expand(-1, 3, -1, -1), self.labels, self.classes, self.names
         )
+
+    def to_grey(self) -> ImageDataset:
+        """RGB as one channel, 0.2989 R + 0.5870 G + 0.1140 B rounded (the augmentation's
+        grayscale), in memory, in chunks; greyscale data is returned."""
+        if self.channels == 1:
+            return self
+        weights = torch.tensor(GRAY_WEIGHTS)[:, None, None]
+        out = torch.empty((len(self), 1, self.image_size, self.image_size), dtype=torch.uint8)
+        for start in range(0, len(self), RESIZE_CHUNK):
+            chunk = (self.images[start : start + RESIZE_CHUNK].float() * weights).sum(1, True)
+            out[start : start + RESIZE_CHUNK] = chunk.round_().clamp_(0, 255).to(torch.uint8)
+        return ImageDataset(out, self.labels, self.classes, self.names)
+
+    def with_channels(self, channels: int) -> ImageDataset:
+        """The images as ``channels`` (1 or 3) channels, for an encoder that takes that many."""
+        if channels not in (1, 3):
+            raise UserError(
+                f"the model takes {channels} input channels; it needs 1 (grey) or 3 (RGB) images"
+            )
+        return self.to_rgb() if channels == 3 else self.to_grey()
 
     def resized(self, size: int) -> ImageDataset:
         """All images resized to ``size`` px once, bicubic (the reference's filter), antialiased.

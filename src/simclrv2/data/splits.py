@@ -14,6 +14,7 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
+from simclrv2.atomic import write_text
 from simclrv2.data.dataset import ImageDataset
 from simclrv2.errors import UserError
 
@@ -75,26 +76,41 @@ def labelled_indices(dataset: ImageDataset, spec: str | float, seed: int) -> Ten
     try:
         fraction = float(text[:-1]) / 100 if text.endswith("%") else float(text)
     except ValueError:
-        path = Path(text)
-        if not path.is_file():
+        if not Path(text).is_file():
             raise UserError(
                 f"--labels {text!r} is neither a fraction (0.01, 1%), a count (25{PER_CLASS}) "
                 "nor an existing file"
             ) from None
-        try:
-            return load_indices(path, size=len(dataset))
-        except UserError:
-            return indices_from_names(dataset, path)
+        return indices_from_file(dataset, text)
     if not 0 < fraction <= 1:
         raise UserError(f"--labels {text!r} must be a fraction in (0, 1], e.g. 0.01 or 1%")
     return class_balanced_indices(dataset.labels, fraction=fraction, seed=seed)
 
 
-def save_indices(path: str | os.PathLike, indices: Iterable[int], comment: str = "") -> None:
-    """Write indices as text, one per line, after an optional ``# comment`` line (provenance)."""
+def indices_from_file(dataset: ImageDataset, path: str | os.PathLike) -> Tensor:
+    """The indices a list file names: an index file (:func:`save_indices`), else a list of file
+    names (:func:`indices_from_names`)."""
+    try:
+        return load_indices(path, size=len(dataset))
+    except UserError:
+        return indices_from_names(dataset, path)
+
+
+def _save_lines(path: str | os.PathLike, entries: Iterable[str], comment: str) -> None:
     lines = [f"# {comment}"] if comment else []
-    lines += [str(int(i)) for i in indices]
-    Path(path).write_text("\n".join(lines) + "\n")
+    write_text(path, "\n".join([*lines, *entries]) + "\n")
+
+
+def save_indices(path: str | os.PathLike, indices: Iterable[int], comment: str = "") -> None:
+    """Write indices as text, one per line, after an optional ``# comment`` line (provenance);
+    atomically."""
+    _save_lines(path, (str(int(i)) for i in indices), comment)
+
+
+def save_names(path: str | os.PathLike, names: Iterable[str], comment: str = "") -> None:
+    """Write file names, one per line, after an optional ``# comment`` line, atomically: the list
+    that :func:`indices_from_names` reads."""
+    _save_lines(path, names, comment)
 
 
 def _entries(path: Path) -> list[tuple[int, str]]:
