@@ -1,3 +1,5 @@
+import copy
+import io
 import math
 
 import pytest
@@ -50,6 +52,106 @@ def test_lars_trust_ratio_is_one_when_a_norm_is_zero():
     w.grad = torch.tensor([1.0, 2.0, 2.0])
     LARS([w], lr=0.5, momentum=0.9).step()  # 1-D, but forced into the trust group: ||w|| = 0
     torch.testing.assert_close(w.detach(), torch.tensor([-0.5, -1.0, -1.0]))
+
+
+class TwoHeads(nn.Module):
+    """A conv trunk with BatchNorm, a head, a second head with zero weights, a tensor whose grad is
+    zero and one whose grad stays None."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.trunk = nn.Sequential(nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4), nn.ReLU(), nn.Flatten())
+        self.head = nn.Linear(16, 3)
+        self.zero_head = nn.Linear(16, 2)
+        nn.init.zeros_(self.zero_head.weight)
+        self.muted = nn.Parameter(torch.randn(3))
+        self.unused = nn.Parameter(torch.ones(5))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = self.trunk(x)
+        return self.head(h).square().mean() + self.zero_head(h).sin().sum() + 0 * self.muted.sum()
+
+    def groups(self) -> list[dict]:
+        """Every combination of trust ratio and weight decay, one group with its own lr."""
+        conv, bn = self.trunk[0], self.trunk[1]
+        return [
+            {"params": [conv.weight], "weight_decay": 0.01, "lr": 5.0},
+            {
+                "params": [self.zero_head.weight, self.muted, self.unused],
+                "weight_decay": 0.0,
+                "lr": 5.0,
+            },
+            {
+                "params": [conv.bias, bn.weight, bn.bias, self.head.bias, self.zero_head.bias],
+                "weight_decay": 0.0,
+                "lars": False,
+            },
+            {"params": [self.head.weight], "weight_decay": 0.01, "lars": False, "lr": 0.02},
+        ]
+
+
+def reference_lars_update(w, g, v, lr, momentum, weight_decay, eta, lars):
+    """One tensor's update, written out from the formula."""
+    g = g + weight_decay * w
+    trust = eta * w.norm() / g.norm() if lars and w.norm() > 0 and g.norm() > 0 else 1.0
+    v = momentum * v + lr * trust * g
+    return w - v, v
+
+
+def test_lars_equals_a_per_tensor_reference_over_five_steps():
+    torch.manual_seed(0)
+    model = TwoHeads()
+    opt = LARS(model.groups(), lr=0.05, momentum=0.9, eta=0.01)
+    reference = {p: (p.detach().clone(), torch.zeros_like(p)) for p in model.parameters()}
+    for _ in range(5):
+        opt.zero_grad()
+        model(torch.randn(8, 3, 4, 4)).backward()
+        for group in opt.param_groups:
+            for p in group["params"]:
+                if p.grad is not None:
+                    w, v = reference[p]
+                    settings = [group[k] for k in ("lr", "momentum", "weight_decay", "eta", "lars")]
+                    reference[p] = reference_lars_update(w, p.grad, v, *settings)
+        opt.step()
+        for p, (w, _) in reference.items():
+            torch.testing.assert_close(p.detach(), w, rtol=1e-6, atol=1e-7)
+        for group in opt.param_groups:
+            group["lr"] *= 0.8  # the schedule changes the Python float between steps
+    assert model.unused.grad is None and model.unused not in opt.state
+    torch.testing.assert_close(model.unused.detach(), torch.ones(5), rtol=0, atol=0)
+    assert model.zero_head.weight.abs().min() > 0  # the zero-weight tensor moved (trust 1 at first)
+    for p, (_, v) in reference.items():
+        if p is not model.unused:
+            torch.testing.assert_close(opt.state[p]["momentum_buffer"], v, rtol=1e-6, atol=1e-7)
+
+
+def test_lars_continues_identically_after_a_state_dict_round_trip():
+    torch.manual_seed(0)
+    model = TwoHeads()
+    opt = LARS(model.groups(), lr=0.05, momentum=0.9, eta=0.01)
+    grads = torch.Generator().manual_seed(1)
+
+    def step(model: TwoHeads, optimizer: LARS, seed: int) -> None:
+        grads.manual_seed(seed)
+        for p in model.parameters():
+            if p is not model.unused:
+                p.grad = torch.randn(p.shape, generator=grads)
+        optimizer.step()
+
+    for seed in range(3):
+        step(model, opt, seed)
+    saved = io.BytesIO()
+    torch.save(opt.state_dict(), saved)
+    restored = copy.deepcopy(model)
+    restored_opt = LARS(restored.groups(), lr=0.05, momentum=0.9, eta=0.01)
+    saved.seek(0)
+    restored_opt.load_state_dict(torch.load(saved))
+    assert all("momentum_buffer" in s for s in restored_opt.state.values())
+    for seed in range(3, 6):
+        step(model, opt, seed)
+        step(restored, restored_opt, seed)
+    for p, q in zip(model.parameters(), restored.parameters()):
+        torch.testing.assert_close(q, p, rtol=0, atol=0)
 
 
 def test_parameter_groups_by_role_not_by_name():

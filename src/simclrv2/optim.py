@@ -55,26 +55,39 @@ class LARS(torch.optim.Optimizer):
             with torch.enable_grad():
                 loss = closure()
         for group in self.param_groups:
+            by_device_and_dtype: dict[tuple[torch.device, torch.dtype], list[torch.Tensor]] = {}
             for p in group["params"]:
-                if p.grad is None:
-                    continue
-                grad = p.grad
-                if group["weight_decay"]:
-                    grad = grad.add(p, alpha=group["weight_decay"])
-                scaled_lr = torch.tensor(group["lr"], device=p.device)
-                if group["lars"]:
-                    w_norm, g_norm = torch.linalg.vector_norm(p), torch.linalg.vector_norm(grad)
-                    trust = torch.where(
-                        (w_norm > 0) & (g_norm > 0), group["eta"] * w_norm / g_norm, 1.0
-                    )
-                    scaled_lr = scaled_lr * trust
-                state = self.state[p]
-                if "momentum_buffer" not in state:
-                    state["momentum_buffer"] = torch.zeros_like(p)
-                velocity = state["momentum_buffer"]
-                velocity.mul_(group["momentum"]).add_(grad * scaled_lr)
-                p.sub_(velocity)
+                if p.grad is not None:
+                    by_device_and_dtype.setdefault((p.device, p.dtype), []).append(p)
+            for params in by_device_and_dtype.values():
+                self._update(params, group)
         return loss
+
+    def _update(self, params: list[torch.Tensor], group: dict) -> None:
+        """One vectorised update of ``params`` (one device and dtype, each with a grad):
+
+            g <- g + wd * w;  trust = eta * ||w|| / ||g|| (1 if either norm is 0, or lars=False);
+            v <- m * v + lr * trust * g;  w <- w - v.
+
+        The learning rate stays a Python float and the trust ratios stay on the device: the step
+        never waits for the device.
+        """
+        for p in params:
+            if "momentum_buffer" not in self.state[p]:
+                self.state[p]["momentum_buffer"] = torch.zeros_like(p)
+        velocities = [self.state[p]["momentum_buffer"] for p in params]
+        grads = [p.grad for p in params]
+        if group["weight_decay"]:
+            grads = torch._foreach_add(grads, params, alpha=group["weight_decay"])
+        torch._foreach_mul_(velocities, group["momentum"])
+        if group["lars"]:
+            w_norm = torch.stack(torch._foreach_norm(params))
+            g_norm = torch.stack(torch._foreach_norm(grads))
+            trust = torch.where((w_norm > 0) & (g_norm > 0), group["eta"] * w_norm / g_norm, 1.0)
+            torch._foreach_addcmul_(velocities, grads, trust.unbind(), value=group["lr"])
+        else:
+            torch._foreach_add_(velocities, grads, alpha=group["lr"])
+        torch._foreach_sub_(params, velocities)
 
 
 def parameter_groups(
