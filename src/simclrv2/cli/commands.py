@@ -13,13 +13,14 @@ from simclrv2.errors import UserError
 DEFAULT_LABELS = "1%"  # the label spec of `finetune` without --labels (SimCLRv2's smallest)
 
 
-def _config(args: argparse.Namespace):
+def _config(args: argparse.Namespace, fields: dict | None = None):
     """The resolved config: the saved one of ``--resume``, else preset -> file -> overrides ->
-    the fields that flags set (``--data``, ``--chunk-size``)."""
+    the fields that flags set (``--data``, ``--chunk-size``) and the command's own ``fields``."""
     from simclrv2.config import load_config
     from simclrv2.rundir import load_run_config
 
     flags = {"data.source": args.data, "pretrain.chunk_size": getattr(args, "chunk_size", None)}
+    flags |= fields or {}
     if getattr(args, "resume", None):
         if args.overrides or args.config or any(v is not None for v in flags.values()):
             raise UserError(
@@ -89,6 +90,7 @@ def _print_outcome(metrics: dict, directory: Path) -> None:
 
 def pipeline(args: argparse.Namespace) -> None:
     from simclrv2 import distributed
+    from simclrv2.deploy import final_model
     from simclrv2.pipeline import TABLE_COLUMNS, run_pipeline
     from simclrv2.tables import format_table
 
@@ -97,8 +99,12 @@ def pipeline(args: argparse.Namespace) -> None:
     with _run(args, config, "pipeline") as run:
         rows = run_pipeline(config, run, train, test)
     if distributed.rank() == 0:
+        final, _ = final_model(run.directory)
         print(format_table(rows, TABLE_COLUMNS))
-        print(f"\nresults: {run.directory / 'results.json'}")
+        print(f"\nresults: {run.directory / 'results.json'}\nfinal model: {final}")
+        print(
+            f"predict with: simclrv2 predict --model {run.directory} --data SOURCE --out preds.csv"
+        )
 
 
 def pretrain(args: argparse.Namespace) -> None:
@@ -268,6 +274,23 @@ def export(args: argparse.Namespace) -> None:
     print(f"model: {directory} ({what})")
     print(f"wrote {deployed.path}: its {deployed.contract['part']} as {deployed.format}")
     print("\n".join(f"  {line}" for line in deployed.summary()))
+
+
+def predict(args: argparse.Namespace) -> None:
+    from simclrv2 import build
+    from simclrv2.deploy import final_model
+    from simclrv2.export import load_exported
+    from simclrv2.runtime import resolve_runtime
+    from simclrv2.stages import predict as stage
+
+    directory, what = final_model(args.model)
+    exported = load_exported(directory)
+    side, _ = exported.input_side()
+    config = _config(args, {"data.image_size": side})
+    data = build.dataset(config.data, args.split)
+    out = stage.predict(exported, data, resolve_runtime(config.runtime), Path(args.out), args.top_k)
+    print(f"model: {directory} ({what})")
+    print(f"{len(data) + len(data.skipped)} predictions ({len(data.skipped)} undecodable): {out}")
 
 
 def convert_tf(args: argparse.Namespace) -> None:

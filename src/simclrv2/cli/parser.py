@@ -250,6 +250,22 @@ def build_parser() -> argparse.ArgumentParser:
     )
     export.set_defaults(run=commands.export)
 
+    predict = subcommands.add_parser(
+        "predict", help="CSV of a classifier's predictions on images: class, probability, top-k"
+    )
+    predict.add_argument(
+        "--model",
+        required=True,
+        help="exported model directory, or a run directory (its final model, as for export)",
+    )
+    predict.add_argument("--out", required=True, metavar="FILE", help="CSV file to write")
+    predict.add_argument("--split", default="train", help="split of the data (default train)")
+    predict.add_argument(
+        "--top-k", type=_int_at_least(1), default=5, help="classes listed per image (5)"
+    )
+    _add_config_options(predict, runs=False)
+    predict.set_defaults(run=commands.predict)
+
     convert = subcommands.add_parser(
         "convert-tf",
         help="convert the authors' TensorFlow checkpoint (TF1, TF2 or SavedModel) for --init",

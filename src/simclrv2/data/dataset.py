@@ -28,7 +28,8 @@ class ImageDataset(Dataset):
     ``images`` is uint8 (N, C, H, W), C = 1 (greyscale) or 3 (RGB); it may be a non-contiguous view
     (STL-10's column-major files, :meth:`to_rgb`) or memory-mapped. ``labels`` is int64 (N,), -1 for
     unlabelled images. ``classes`` names the label values 0..K-1; ``names`` optionally gives each
-    image's file name (image folders, CIFAR), for file-name subsets and ``embed`` output.
+    image's file name (image folders, CIFAR), for file-name subsets and ``embed`` output;
+    ``skipped`` the (name, problem) of each file of the source that could not be decoded.
     """
 
     def __init__(
@@ -37,6 +38,7 @@ class ImageDataset(Dataset):
         labels: Tensor | None = None,
         classes: Sequence[str] = (),
         names: Sequence[str] | None = None,
+        skipped: Sequence[tuple[str, str]] = (),
     ) -> None:
         if images.dtype != torch.uint8 or images.dim() != 4 or images.shape[-1] != images.shape[-2]:
             raise ValueError(
@@ -53,6 +55,7 @@ class ImageDataset(Dataset):
         self.labels = labels.to(torch.int64)
         self.classes = list(classes)
         self.names = None if names is None else list(names)
+        self.skipped = [tuple(entry) for entry in skipped]
 
     def __len__(self) -> int:
         return self.images.shape[0]

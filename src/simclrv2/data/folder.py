@@ -237,4 +237,5 @@ def read_folder(
         torch.tensor(listing["labels"], dtype=torch.int64),
         listing["classes"],
         listing["names"],
+        listing["skipped"],
     )
