@@ -79,3 +79,21 @@ def test_an_interrupted_stage_resumes_onto_the_same_loss_curve(
         load_file(tmp_path / "split" / "model" / "model.safetensors"),
         "export",
     )
+
+
+def test_the_same_command_line_again_continues_the_run(tiny_data, tmp_path, monkeypatch):
+    """What ``torchrun --max-restarts N`` does after a crash: the unchanged command line, with the
+    same --out, continues the run there; another config is refused."""
+    with monkeypatch.context() as patch:
+        patch.setattr(training, "_StopSignal", stop_at_check(STOP_AT, training._StopSignal))
+        _run(["pretrain"], tiny_data, tmp_path / "run")
+    assert not (tmp_path / "run" / "results.json").exists()
+    _run(["pretrain"], tiny_data, tmp_path / "run")  # the same command line: continued
+    assert (
+        f"resumed at epoch 1, batch 1, step {STOP_AT - 1}"
+        in (tmp_path / "run" / "log.txt").read_text()
+    )
+    assert_stage_contract(tmp_path / "run")
+    argv = ["pretrain", "--out", str(tmp_path / "run"), "--data", str(tiny_data), *OVERRIDES]
+    assert main([*argv, "pretrain.epochs=3"]) == 2  # another config: refused, the run untouched
+    assert_stage_contract(tmp_path / "run")

@@ -16,6 +16,7 @@ on GPUs.
 
 from __future__ import annotations
 
+import datetime
 import os
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
@@ -43,15 +44,17 @@ def local_rank() -> int:
     return int(os.environ.get("LOCAL_RANK", "0"))
 
 
-def init_from_environment(device: torch.device) -> None:
+def init_from_environment(device: torch.device, timeout_minutes: float = 30) -> None:
     """Join the process group that torchrun describes in the environment (RANK, WORLD_SIZE,
     MASTER_ADDR, MASTER_PORT, on one node or several): NCCL when training on CUDA, gloo on the CPU.
-    Does nothing outside torchrun or when the group exists."""
+    A collective that waits ``timeout_minutes`` for a process fails. Does nothing outside torchrun
+    or when the group exists."""
     if "WORLD_SIZE" not in os.environ or is_distributed():
         return
     if device.type == "cuda":
         torch.cuda.set_device(device)  # CUDA only: NCCL's collectives run on the current device
-    dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+    backend = "nccl" if device.type == "cuda" else "gloo"
+    dist.init_process_group(backend, timeout=datetime.timedelta(minutes=timeout_minutes))
 
 
 def shutdown() -> None:

@@ -2,6 +2,9 @@
 directory (new, or one to resume) and the log, in one context manager that the CLI and Python
 callers share.
 
+The same command with the same ``out``, config and inputs continues the run there, as ``--resume``
+does: what ``torchrun --max-restarts N`` needs, since it re-runs the command line unchanged.
+
 Called once every input has been checked: a new run that fails with a :class:`UserError` before
 its first checkpoint leaves nothing behind, so the same ``out`` can be given again.
 """
@@ -16,8 +19,8 @@ from pathlib import Path
 from simclrv2 import distributed
 from simclrv2.config import Config
 from simclrv2.errors import UserError
-from simclrv2.metrics import setup_logging
-from simclrv2.rundir import check_writable, new_run
+from simclrv2.metrics import LOG, setup_logging
+from simclrv2.rundir import CONFIG, check_writable, load_run_config, load_run_inputs, new_run
 from simclrv2.runtime import Runtime, resolve_runtime
 
 
@@ -41,7 +44,11 @@ def open_run(
     ``out`` (default ``runs/<command>-<preset>-<time>``) that records ``config`` and the
     command's ``inputs``, which rank 0 creates and every process of a torchrun launch joins."""
     runtime = resolve_runtime(config.runtime)
-    distributed.init_from_environment(runtime.device)
+    distributed.init_from_environment(runtime.device, config.runtime.process_group_timeout)
+    inputs = {"command": command, **(inputs or {})}
+    if resume is None and _holds_this_run(out, config, inputs):
+        LOG.info("%s holds this run (same command, config and inputs): continuing it", out)
+        resume = out
     with contextlib.ExitStack() as cleanup:
         if resume is not None:
             directory = Path(resume)
@@ -50,6 +57,17 @@ def open_run(
             directory = _new_directory(cleanup, command, config, out, inputs)
         setup_logging(directory / "log.txt", enabled=distributed.rank() == 0)
         yield Run(directory, runtime)
+
+
+def _holds_this_run(out: str | Path | None, config: Config, inputs: dict) -> bool:
+    """Whether ``out`` holds a run of this command with this config and these inputs."""
+    if out is None or not (Path(out) / CONFIG).exists():
+        return False
+    saved = load_run_inputs(Path(out))
+    if saved.get("command", inputs["command"]) != inputs["command"]:
+        return False
+    same_inputs = all(saved.get(key) == value for key, value in inputs.items() if key != "command")
+    return same_inputs and load_run_config(Path(out)) == config
 
 
 def _new_directory(

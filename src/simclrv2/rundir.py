@@ -49,7 +49,8 @@ def new_run(
     )
     if (directory / CONFIG).exists():
         raise UserError(
-            f"{directory} already holds a run; continue it with --resume {directory} or choose another --out"
+            f"{directory} already holds a run of another command, config or inputs; continue it "
+            f"with --resume {directory} or choose another --out"
         )
     made = _missing(directory)
     before = {p.name for p in directory.iterdir()} if directory.is_dir() else set()
