@@ -45,8 +45,7 @@ def nt_xent(z1: Tensor, z2: Tensor, temperature: float, negatives: Tensor | None
         if queries.shape[0] * keys.shape[0] > TILED_ABOVE:
             return tiled_contrastive_loss(queries, keys, positives, excluded, temperature)
         logits = queries @ keys.T / temperature  # (2n, 2N + K)
-        rows = torch.arange(2 * n, device=z1.device)
-        logits = logits.index_put((rows, excluded), logits.new_tensor(float("-inf")))
+        logits = logits.scatter(1, excluded[:, None], float("-inf"))  # no self-pairs
         return F.cross_entropy(logits, positives)
 
 
