@@ -61,13 +61,13 @@ class LARS(torch.optim.Optimizer):
                 grad = p.grad
                 if group["weight_decay"]:
                     grad = grad.add(p, alpha=group["weight_decay"])
-                scaled_lr = group["lr"]  # a float: a tensor of it is a host-to-device copy
+                scaled_lr = torch.tensor(group["lr"], device=p.device)
                 if group["lars"]:
                     w_norm, g_norm = torch.linalg.vector_norm(p), torch.linalg.vector_norm(grad)
                     trust = torch.where(
                         (w_norm > 0) & (g_norm > 0), group["eta"] * w_norm / g_norm, 1.0
                     )
-                    scaled_lr = trust * scaled_lr
+                    scaled_lr = scaled_lr * trust
                 state = self.state[p]
                 if "momentum_buffer" not in state:
                     state["momentum_buffer"] = torch.zeros_like(p)
