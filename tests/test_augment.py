@@ -387,6 +387,22 @@ def test_apply_follows_the_sampled_order_with_a_clip_after_each_op():
 
 
 @pytest.mark.parametrize("channels", [1, 3])
+@pytest.mark.parametrize("brightness", ["v2", "v1"])
+def test_the_blend_that_reads_nothing_back_equals_the_subset_path(channels, brightness):
+    """The GPU path (every op on the whole batch, kept where its mask holds) against the CPU's
+    (each op on its images only), on the CPU; the CPU's default is the subset path, bit for bit."""
+    images = random_uint8((24, channels, 36, 36), seed=15)
+    augment = SimCLRAugment(size=32, brightness=brightness, blur=True)
+    params = augment.sample(24, 36, 36, gen(6))
+    assert params.jitter.any() and not params.jitter.all() and params.blur.any()
+    subset = augment.apply(images, params, subset=True)
+    torch.testing.assert_close(
+        augment.apply(images, params, subset=False), subset, atol=1e-6, rtol=0
+    )
+    assert torch.equal(augment.apply(images, params), subset)
+
+
+@pytest.mark.parametrize("channels", [1, 3])
 def test_views_are_float_in_range_shaped_and_reproducible(channels):
     images = random_uint8((16, channels, 28, 28), seed=14)
     images[0] = 0

@@ -175,6 +175,31 @@ def test_weights_gone_non_finite_are_never_checkpointed(tmp_path):
     stage.metrics.close()
 
 
+def test_a_loss_seen_non_finite_steps_later_is_named_at_its_own_step(tmp_path):
+    """Without checkpoints the loss is read back only at the metric rows (here the epoch's end,
+    step 4): the error still names step 2, and the epoch's checkpoint is never written."""
+    runtime = resolve_runtime(RuntimeConfig(device="cpu", channels_last=False))
+    stage = Stage.open("pretrain", tmp_path, runtime, seed=0)
+    model = nn.Linear(1, 1)
+    steps = []
+
+    def step(images, labels, generator):
+        steps.append(1)
+        loss = model(images.float().mean().reshape(1, 1)).sum()
+        return {"loss": loss * float("inf") if len(steps) == 2 else loss}
+
+    data = ImageDataset(torch.zeros((8, 1, 8, 8), dtype=torch.uint8))
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    with pytest.raises(UserError, match=r"the loss became (-)?(inf|nan) at step 2 ") as info:
+        fit(
+            stage, step, {"model": model}, optimizer, WarmupCosine(0.1, 8), data, batch_size=2,
+            epochs=2, seed=0,
+        )  # fmt: skip
+    assert len(steps) == 4 and "no checkpoint yet" in str(info.value)
+    assert newest_step(tmp_path) == -1
+    stage.metrics.close()
+
+
 # ----------------------------------------------------------------------------------------------
 # Resuming: damaged, hostile or mismatched checkpoints and configs
 

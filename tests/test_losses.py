@@ -2,10 +2,11 @@ import math
 
 import pytest
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from multiprocess import run_distributed
-from simclrv2.losses import distillation_loss, nt_xent
+from simclrv2.losses import distillation_loss, labelled_cross_entropy, nt_xent
 
 
 def nt_xent_loop(z1, z2, temperature, negatives=None):
@@ -79,6 +80,31 @@ def test_distillation_loss_equals_its_formula():
         distillation_loss(student, teacher, 1.0), teacher, allow_unused=True
     )
     assert grad is None  # the teacher is a constant
+
+
+@pytest.mark.parametrize("unlabelled", [0.0, 0.5])
+def test_labelled_cross_entropy_equals_the_mean_over_the_labelled_rows(unlabelled):
+    gen = torch.Generator().manual_seed(3)
+    logits = torch.randn(64, 10, generator=gen, requires_grad=True)
+    targets = torch.randint(0, 10, (64,), generator=gen)
+    targets[torch.rand(64, generator=gen) < unlabelled] = -1
+    known = targets >= 0
+    assert known.any()
+    loss = labelled_cross_entropy(logits, targets)
+    (grad,) = torch.autograd.grad(loss, logits)
+    want = F.cross_entropy(logits[known], targets[known])  # boolean indexing: a host read
+    (want_grad,) = torch.autograd.grad(want, logits)
+    torch.testing.assert_close(loss, want, atol=1e-6, rtol=1e-6)
+    torch.testing.assert_close(grad, want_grad, atol=1e-7, rtol=1e-6)
+
+
+def test_labelled_cross_entropy_of_a_batch_without_labels_is_zero_not_nan():
+    logits = torch.randn(8, 4, requires_grad=True)
+    targets = torch.full((8,), -1)
+    assert F.cross_entropy(logits[targets >= 0], targets[targets >= 0]).isnan()  # the empty mean
+    loss = labelled_cross_entropy(logits, targets)
+    (grad,) = torch.autograd.grad(loss, logits)
+    assert loss.item() == 0 and torch.equal(grad, torch.zeros_like(logits))
 
 
 def _projector() -> nn.Module:

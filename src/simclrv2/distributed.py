@@ -96,7 +96,8 @@ def _flag_device() -> torch.device:
 
 def any_process(flag: bool) -> bool:
     """True on every process if ``flag`` is True on any, so that all of them take the same branch
-    (stop, raise) and none is left waiting in a collective."""
+    (stop, raise) and none is left waiting in a collective. In one process ``flag`` itself;
+    otherwise an all-reduce and a host read, which every process must make at the same point."""
     if world_size() == 1:
         return flag
     value = torch.tensor([float(flag)], device=_flag_device())
@@ -144,6 +145,15 @@ def mean_over_processes(values: dict[str, Tensor]) -> dict[str, Tensor]:
     stacked = torch.stack([v.detach().float() for v in values.values()])
     dist.all_reduce(stacked)
     return dict(zip(values, stacked / world_size()))
+
+
+def min_over_processes(value: Tensor) -> Tensor:
+    """The element-wise minimum of ``value`` over processes (``value`` itself in one process)."""
+    if world_size() == 1:
+        return value
+    value = value.clone()
+    dist.all_reduce(value, op=dist.ReduceOp.MIN)
+    return value
 
 
 class _GatherWithGrad(torch.autograd.Function):

@@ -1,4 +1,5 @@
-"""Losses as pure functions of tensors: NT-Xent (SimCLR) and the distillation loss (SimCLRv2)."""
+"""Losses as pure functions of tensors: NT-Xent (SimCLR), the distillation loss (SimCLRv2) and
+the cross-entropy of partly labelled batches. None reads a value back to the host."""
 
 from __future__ import annotations
 
@@ -45,9 +46,20 @@ def nt_xent(z1: Tensor, z2: Tensor, temperature: float, negatives: Tensor | None
         if queries.shape[0] * keys.shape[0] > TILED_ABOVE:
             return tiled_contrastive_loss(queries, keys, positives, excluded, temperature)
         logits = queries @ keys.T / temperature  # (2n, 2N + K)
-        rows = torch.arange(2 * n, device=z1.device)
-        logits = logits.index_put((rows, excluded), logits.new_tensor(float("-inf")))
+        logits = logits.scatter(1, excluded[:, None], float("-inf"))  # no self-pairs
         return F.cross_entropy(logits, positives)
+
+
+def labelled_cross_entropy(logits: Tensor, targets: Tensor) -> Tensor:
+    """Mean cross-entropy of ``logits`` (M, K) over the rows whose target (M,) is a class; -1 marks
+    an unlabelled row, and a batch without labels gives 0 (not the NaN of an empty mean).
+
+    Every row is computed and the unlabelled ones weigh 0, so the shapes do not depend on the
+    labels: selecting the labelled rows by a boolean mask would read the mask back to the host.
+    """
+    known = targets >= 0
+    losses = F.cross_entropy(logits, targets.clamp(min=0), reduction="none")  # (M,)
+    return torch.where(known, losses, 0).sum() / known.sum().clamp(min=1)
 
 
 def distillation_loss(

@@ -26,9 +26,9 @@ def _block(
 ) -> Tensor:
     """Logits of ``queries`` (r, d) against ``keys[cols]``, each row's excluded column at -inf."""
     s = queries @ keys[cols].T / temperature  # (r, c)
-    local = excluded - cols.start  # (r,) column of each row's excluded key inside this block
-    rows = torch.nonzero((local >= 0) & (local < s.shape[1])).squeeze(1)
-    return s.index_put((rows, local[rows]), s.new_tensor(float("-inf")))
+    local = excluded - cols.start  # (r,) column of each row's excluded key, if in this block
+    own = torch.arange(s.shape[1], device=s.device) == local[:, None]  # (r, c)
+    return s.masked_fill_(own, float("-inf"))
 
 
 def _tiles(size: int, tile: int) -> list[slice]:

@@ -9,6 +9,10 @@ modules, optimiser, schedule position, the augmentation generator and the positi
 (the data order is a function of the seed and the epoch). SIGTERM or SIGINT finish the current
 step, write a checkpoint and raise :class:`Interrupted`. A non-finite loss stops the run with the
 step and the likely cause, and the last good checkpoint stays in place.
+
+A step reads nothing back to the host, which would leave a GPU idle until it caught up: the
+loss's finiteness is recorded on the device and read when metrics are logged (every
+:data:`LOG_EVERY` steps and at an epoch's end) and before every checkpoint.
 """
 
 from __future__ import annotations
@@ -39,6 +43,7 @@ from simclrv2.runtime import Runtime
 RESULTS = "results.json"  # a finished stage's metrics; its presence marks the stage done
 StepFn = Callable[[Tensor, Tensor, torch.Generator], dict[str, Tensor]]
 LOG_EVERY = 10  # optimiser steps between metric rows
+NEVER = torch.iinfo(torch.int64).max  # the step of a loss record while every loss was finite
 
 
 @dataclass
@@ -179,6 +184,29 @@ def _first_non_finite(modules: dict[str, nn.Module]) -> str | None:
     return None
 
 
+class _LossRecord:
+    """The first optimiser step (counting from 1) whose loss was not finite, and that loss, kept on
+    the device: :meth:`update` reads nothing back, :meth:`read` does."""
+
+    def __init__(self, device: torch.device) -> None:
+        self.step = torch.full((), NEVER, device=device)  # int64; NEVER while every loss is finite
+        self.loss = torch.zeros((), device=device)
+
+    def update(self, step: int, loss: Tensor) -> None:
+        first = ~torch.isfinite(loss) & (self.step == NEVER)
+        self.step = torch.where(first, step, self.step)
+        self.loss = torch.where(first, loss.float(), self.loss)
+
+    def read(self) -> tuple[int, float] | None:
+        """(step, loss) of the earliest non-finite loss on any process, else None. A host read,
+        and collectives under several processes: every process calls it at the same steps."""
+        step = int(distributed.min_over_processes(self.step))
+        if step == NEVER:
+            return None
+        every = distributed.all_gather_objects((int(self.step), float(self.loss)))
+        return step, next(loss for at, loss in every if at == step)
+
+
 def _diverged(stage: Stage, what: str, step: int, lr: float, batch_size: int) -> UserError:
     """The error that stops a diverged run: what went non-finite, the step, the likely cause and the
     checkpoint kept."""
@@ -205,7 +233,14 @@ def fit(
     checkpoint_every: int = 0,
 ) -> Position:
     """Train ``modules`` with ``step_fn`` (images uint8 on the device, labels, generator -> metrics
-    with a differentiable ``loss``) for ``epochs``, resuming from the stage's latest checkpoint."""
+    with a differentiable ``loss``) for ``epochs``, resuming from the stage's latest checkpoint.
+
+    A non-finite loss is seen at the next metric row or checkpoint (module docstring), so the
+    optimiser may have taken up to ``LOG_EVERY - 1`` more steps with non-finite weights by then;
+    no checkpoint ever holds them, and the error names the first step whose loss was not finite.
+    A stop signal ends the run after the step it arrives in, and under several processes at the
+    next metric row or checkpoint, where every process reads the others' flags at the same step.
+    """
     runtime, is_main = stage.runtime, distributed.rank() == 0
     generator = runtime.generator(seed + 1000 * distributed.rank())  # per-rank augmentation stream
     position = Position()
@@ -232,8 +267,17 @@ def fit(
         )
     distributed.broadcast_state(modules.values())  # every process starts from rank 0's state
     parameters = [p for group in optimizer.param_groups for p in group["params"]]
+    loss_record = _LossRecord(runtime.device)
+
+    def stop_if_diverged() -> None:
+        """Raise the divergence error if any loss so far was not finite (a host read)."""
+        found = loss_record.read()
+        if found is not None:
+            step, loss = found
+            raise _diverged(stage, f"the loss became {loss}", step, schedule(step - 1), batch_size)
 
     def checkpoint() -> None:
+        stop_if_diverged()
         broken = _first_non_finite(modules)
         if broken is not None:  # never replace the last good checkpoint with these weights
             lr = schedule(max(position.step - 1, 0))
@@ -258,7 +302,6 @@ def fit(
     if is_main:  # a full disk is reported now, not at the first checkpoint
         check_writable(stage.checkpoints, space_needed(stage.checkpoints, modules.values()))
     bar = progress_bar(epochs * steps_per_epoch, position.step, stage.name, enabled=is_main)
-    images_per_step = batch_size
     with bar, _StopSignal() as stop:  # the bar is closed however training ends
         while position.epoch < epochs:
             batches = epoch_batches(
@@ -271,30 +314,35 @@ def fit(
                 world_size=distributed.world_size(),
                 device=runtime.device,
             )
+            # images_per_s is timed from the epoch's start, the last row or the last checkpoint
+            since = time.perf_counter(), position.step
             for images, labels in batches:
-                started = time.perf_counter()
                 lr = schedule(position.step)
                 set_learning_rate(optimizer, lr)
                 with runtime.autocast():
                     values = step_fn(images, labels, generator)
                 loss = values["loss"]
-                if distributed.any_process(not torch.isfinite(loss.detach())):
-                    raise _diverged(
-                        stage, f"the loss became {loss.item()}", position.step + 1, lr, batch_size
-                    )
+                loss_record.update(position.step + 1, loss.detach())
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()
                 distributed.average_gradients(parameters)
                 optimizer.step()
                 position.step += 1
                 position.batch += 1
-                rate = images_per_step / (time.perf_counter() - started)
-                if position.step % LOG_EVERY == 0 or position.batch == steps_per_epoch:
+                logged = position.step % LOG_EVERY == 0 or position.batch == steps_per_epoch
+                due = (
+                    checkpoint_every > 0
+                    and position.step % checkpoint_every == 0
+                    and position.batch < steps_per_epoch  # the epoch's end writes one below
+                )
+                if logged:
+                    stop_if_diverged()
                     averaged = distributed.mean_over_processes(values)  # the global batch's
-                    scalars = {k: v.item() for k, v in averaged.items()} | {
-                        "lr": lr,
-                        "images_per_s": rate,
-                    }
+                    scalars = {k: v.item() for k, v in averaged.items()}  # the device caught up
+                    now = time.perf_counter()
+                    rate = batch_size * (position.step - since[1]) / (now - since[0])
+                    since = now, position.step
+                    scalars |= {"lr": lr, "images_per_s": rate}
                     stage.metrics.write(
                         position.step, position.epoch + position.batch / steps_per_epoch, scalars
                     )
@@ -305,15 +353,15 @@ def fit(
                         refresh=False,
                     )
                 bar.update(1)
-                if distributed.any_process(stop.requested):  # all processes stop at one step
+                # the stop flag: a Python bool in one process; under several an all-reduce, made
+                # only at the steps where every process reads anyway (all reach the same ones)
+                polled = logged or due or distributed.world_size() == 1
+                if polled and distributed.any_process(stop.requested):
                     checkpoint()
                     raise Interrupted(stage.directory, position.step)
-                if (
-                    checkpoint_every
-                    and position.step % checkpoint_every == 0
-                    and position.batch < steps_per_epoch  # the epoch's end writes one below
-                ):
+                if due:
                     checkpoint()
+                    since = time.perf_counter(), position.step
             position.epoch += 1
             position.batch = 0
             if end_of_epoch is not None:

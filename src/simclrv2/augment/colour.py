@@ -66,7 +66,7 @@ def adjust_hue(x: Tensor, delta: Tensor) -> Tensor:
     shift = delta.to(torch.float32).mul(6).remainder_(6)  # (N,) in sextants, in [0, 6)
     hue.add_(green.mul_(2)).add_(blue.mul_(4)).add_(shift[:, None, None])  # in [-1, 11)
     # for t = hue + n - 6 in [-8, 8], |||t| - 3| - 3| is the distance of hue + n to {0, 6, 12}
-    offsets = torch.tensor([-3.0, -5.0, -7.0], device=x.device)[:, None, None]
+    offsets = torch.arange(-3.0, -8.0, -2.0, device=x.device)[:, None, None]  # -3, -5, -7
     distance = (hue[:, None] + offsets).abs_().sub_(3).abs_().sub_(3).abs_()  # (N, 3, H, W)
     return distance.sub_(1).clamp_(0, 1).mul_(chroma[:, None]).add_(low[:, None])
 

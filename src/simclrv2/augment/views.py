@@ -145,34 +145,36 @@ class SimCLRAugment:
         return ViewParams(boxes, flip, jitter, order, factors, grayscale, blur, sigma)
 
     @outside_autocast
-    def apply(self, images: Tensor, params: ViewParams) -> Tensor:
+    def apply(self, images: Tensor, params: ViewParams, subset: bool | None = None) -> Tensor:
         """Render the views ``params`` describes: uint8 (N, C, H, W) -> float32 (N, C, size, size).
 
-        Each op runs once per step of the random order on the images that take it there (16
-        subsets for the jitter), a CPU chunk at a time; the op count stays in the hundreds, which
-        matters on a busy CPU where every multi-threaded op can wait for a descheduled thread.
+        Each op runs once per step of the random order (16 times for the jitter), a CPU chunk at a
+        time; the op count stays in the hundreds, which matters on a busy CPU where every
+        multi-threaded op can wait for a descheduled thread. ``subset``: how each op meets its
+        images (:func:`_apply_where`; None: by device, with no host read except on the CPU).
         """
         n, c = images.shape[:2]
         chunk = max(1, CPU_CHUNK_ELEMENTS // (c * self.size**2)) if images.is_cpu else n
         if chunk >= n:
-            return self._render(images, params)
+            return self._render(images, params, subset)
         views = torch.empty(n, c, self.size, self.size)
         for start in range(0, n, chunk):
             part = slice(start, start + chunk)
-            views[part] = self._render(images[part], params[part])
+            views[part] = self._render(images[part], params[part], subset)
         return views
 
-    def _render(self, images: Tensor, params: ViewParams) -> Tensor:
+    def _render(self, images: Tensor, params: ViewParams, subset: bool | None) -> Tensor:
         x = resized_crops(images, params.boxes, self.size, params.flip)
         brightness = scale_brightness if self.brightness == "v2" else shift_brightness
         ops = (brightness, adjust_contrast, adjust_saturation, adjust_hue)
         for step in range(4):
             for index, op in enumerate(ops):
                 chosen = params.jitter & (params.order[:, step] == index)
-                _apply_where(x, chosen, op, params.factors[:, index])
-        _apply_where(x, params.grayscale, to_grayscale)
-        blur = partial(gaussian_blur, kernel_size=blur_kernel_size(self.size))
-        _apply_where(x, params.blur, blur, params.sigma)
+                x = _apply_where(x, chosen, op, params.factors[:, index], subset=subset)
+        x = _apply_where(x, params.grayscale, to_grayscale, subset=subset)
+        if self.blur:  # else no image is blurred (params.blur is all False)
+            blur = partial(gaussian_blur, kernel_size=blur_kernel_size(self.size))
+            x = _apply_where(x, params.blur, blur, params.sigma, subset=subset)
         return x
 
     def __call__(self, images: Tensor, generator: torch.Generator) -> Tensor:
@@ -181,9 +183,27 @@ class SimCLRAugment:
         return self.apply(images, self.sample(len(images), *images.shape[2:], generator))
 
 
-def _apply_where(x: Tensor, mask: Tensor, op: Callable[..., Tensor], *per_image: Tensor) -> None:
-    """In place: x[i] = clip(op(x[i], *(p[i] for p in per_image))) for the images where mask (N,)."""
+def _apply_where(
+    x: Tensor,
+    mask: Tensor,
+    op: Callable[..., Tensor],
+    *per_image: Tensor,
+    subset: bool | None = None,
+) -> Tensor:
+    """x[i] = clip(op(x[i], *(p[i] for p in per_image))) where mask (N,) holds, x[i] elsewhere.
+
+    ``subset=True`` runs ``op`` on the chosen images only, in place on ``x``: the faster way on a
+    CPU, but finding them reads the mask back to the host. ``subset=False`` runs ``op`` on the
+    whole batch and keeps its result where the mask holds: fixed shapes and no host read, so a
+    GPU never waits for the host. None (the default): the subset on the CPU, the blend elsewhere.
+    Both give the same values up to float rounding (``op`` acts on each image alone).
+    """
+    if subset is None:
+        subset = x.is_cpu
+    if not subset:
+        return torch.where(mask[:, None, None, None], op(x, *per_image), x).clamp_(0, 1)
     index = mask.nonzero().squeeze(1)
     if len(index):
         chosen = op(x.index_select(0, index), *(p[index] for p in per_image))
         x.index_copy_(0, index, chosen.clamp_(0, 1))  # both far faster than x[index] on CPU
+    return x

@@ -18,7 +18,6 @@ from functools import partial
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
 from simclrv2 import build, distributed
@@ -27,7 +26,7 @@ from simclrv2.data import ImageDataset
 from simclrv2.evaluation import extract, knn_accuracy, topk_accuracy
 from simclrv2.export import ExportedModel
 from simclrv2.gradcache import check_chunk_size, chunked_forward
-from simclrv2.losses import nt_xent
+from simclrv2.losses import labelled_cross_entropy, nt_xent
 from simclrv2.memory import EmbeddingQueue, MovingAverage
 from simclrv2.models import LinearClassifier
 from simclrv2.runtime import Runtime
@@ -86,10 +85,9 @@ def pretrain(
             remember(views[: len(images)])
         values = {"loss": contrastive, "contrastive_loss": contrastive.detach()}
         if online is not None:
-            targets = labels.repeat(2)  # both views, as the reference
-            known = targets >= 0
-            logits = online(h.detach()[known])  # stop-gradient: the classifier cannot shape h
-            supervised = F.cross_entropy(logits, targets[known])
+            logits = online(h.detach())  # stop-gradient: the classifier cannot shape h
+            targets = labels.repeat(2)  # both views, as the reference; -1: unlabelled
+            supervised = labelled_cross_entropy(logits, targets)
             values |= {"loss": contrastive + supervised, "online_loss": supervised.detach()}
         return values
 
