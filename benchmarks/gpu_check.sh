@@ -17,7 +17,8 @@ file=$(realpath -m "${1:-${OUT:+$OUT/}gpu_check.txt}")  # relative to the caller
 cd "$(dirname "$0")/.."
 export PYTHONPATH="$PWD/src${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1
 
-if ! python -c "import torch; raise SystemExit(0 if torch.cuda.is_available() else 1)" 2>/dev/null; then
+has_gpu="import torch; raise SystemExit(0 if torch.cuda.is_available() else 1)"
+if ! python -c "$has_gpu" 2>/dev/null; then
     echo "gpu_check: no CUDA GPU visible to torch on this machine; nothing checked"
     exit 0
 fi
@@ -37,7 +38,9 @@ part() { # part NAME LIMIT COMMAND...: COMMAND under timeout, its output echoed 
         summary+=("$name: not run, no time left")
         return
     fi
-    printf '\n== %s (limit %d s): %s\n' "$name" "$limit" "$*" | tee -a "$file"
+    local shown="$*"
+    [[ $shown == *$'\n'* ]] && shown="$1 -c <a script in benchmarks/gpu_check.sh>"
+    printf '\n== %s (limit %d s): %s\n' "$name" "$limit" "$shown" | tee -a "$file"
     timeout --kill-after=10 "$limit" "$@" 2>&1 | tee -a "$file"
     status=${PIPESTATUS[0]}
     case $status in
@@ -56,19 +59,23 @@ from machine import cpu_model
 gpu = torch.cuda.get_device_properties(0)
 nccl = torch.cuda.nccl.version() if dist.is_nccl_available() else "not available"
 nccl = ".".join(map(str, nccl)) if isinstance(nccl, tuple) else nccl
-print(f"python {platform.python_version()}, torch {torch.__version__}, CUDA {torch.version.cuda}, cuDNN {torch.backends.cudnn.version()}, NCCL {nccl}")
-print(f"GPU 0 of {torch.cuda.device_count()}: {gpu.name}, {gpu.total_memory / 2**30:.1f} GiB, compute capability {gpu.major}.{gpu.minor}, bf16 {torch.cuda.is_bf16_supported()}")
+print(f"python {platform.python_version()}, torch {torch.__version__}, CUDA {torch.version.cuda}, "
+      f"cuDNN {torch.backends.cudnn.version()}, NCCL {nccl}")
+print(f"GPU 0 of {torch.cuda.device_count()}: {gpu.name}, {gpu.total_memory / 2**30:.1f} GiB, "
+      f"compute capability {gpu.major}.{gpu.minor}, bf16 {torch.cuda.is_bf16_supported()}")
 print(f"CPU: {cpu_model()}, {torch.get_num_threads()} threads")
 '
 {
-    echo "gpu_check: $(date '+%Y-%m-%d %H:%M:%S'), $(hostname), commit $(git rev-parse --short HEAD 2>/dev/null || echo unknown)"
+    commit=$(git rev-parse --short HEAD 2>/dev/null || echo unknown)
+    echo "gpu_check: $(date '+%Y-%m-%d %H:%M:%S'), $(hostname), commit $commit"
     echo "results: $file"
 } | tee -a "$file"
 part environment 20 python -c "$environment"
 if ! python -c "import simclrv2.cli, pytest" 2>/dev/null; then
     part install 90 pip install --retries 1 --timeout 15 -e ".[test]"
 fi
-part tests 150 python -m pytest -m cuda -q -p no:cacheprovider --continue-on-collection-errors --durations=10 tests/
+part tests 150 python -m pytest -m cuda -q -p no:cacheprovider --durations=10 \
+    --continue-on-collection-errors tests/
 part throughput 110 python benchmarks/gpu_throughput.py
 part memory 140 python benchmarks/gpu_throughput.py --memory
 

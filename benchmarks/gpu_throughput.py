@@ -156,6 +156,8 @@ def gpu_idle_fraction(step: Callable[[], None]) -> float:
     device = sorted(
         (e.time_range.start, e.time_range.end) for e in events if e.device_type == DeviceType.CUDA
     )
+    if not device:  # the profiler saw no GPU activity (no CUPTI in this build?): no figure
+        return float("nan")
     busy, reached = 0.0, float("-inf")
     for start, end in device:  # the union of the intervals: concurrent kernels count once
         busy += max(0.0, end - max(start, reached))
@@ -164,7 +166,7 @@ def gpu_idle_fraction(step: Callable[[], None]) -> float:
 
 
 def host_syncs(step: Callable[[], None]) -> tuple[float, collections.Counter]:
-    """Synchronising CUDA operations per step over PROBED steps, and the source lines calling them."""
+    """Synchronising CUDA operations per step over PROBED steps, and the lines that call them."""
     torch.cuda.synchronize()
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
