@@ -154,10 +154,11 @@ class _StopSignal:
 
 
 def _random_streams(generator: torch.Generator) -> dict[str, Tensor]:
-    """The random streams a checkpoint saves: augmentation, torch's global CPU (and CUDA) ones."""
+    """The random streams a checkpoint saves: augmentation, torch's global CPU one, and the CUDA
+    one of the training device (the augmentation generator's)."""
     state = {"augment": generator.get_state(), "torch": torch.get_rng_state()}
-    if torch.cuda.is_available():
-        state["cuda"] = torch.cuda.get_rng_state()
+    if generator.device.type == "cuda":
+        state["cuda"] = torch.cuda.get_rng_state(generator.device)
     return state
 
 
@@ -168,11 +169,11 @@ def _restore_random_streams(states: list[dict[str, Tensor]], generator: torch.Ge
     if distributed.rank() >= len(states):
         LOG.warning("the checkpoint has no random state for process %d", distributed.rank())
         return
-    state = states[distributed.rank()]
+    state = {name: value.cpu() for name, value in states[distributed.rank()].items()}  # byte tensors
     generator.set_state(state["augment"])
     torch.set_rng_state(state["torch"])
-    if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state(state["cuda"])
+    if "cuda" in state and generator.device.type == "cuda":
+        torch.cuda.set_rng_state(state["cuda"], generator.device)
 
 
 def _first_non_finite(modules: dict[str, nn.Module]) -> str | None:
