@@ -271,3 +271,11 @@ def test_pretraining_on_cuda_stopped_and_resumed_ends_with_the_same_streams(tmp_
         zip(*_loss_curve(tmp_path / run)) for run in ("split", "whole")
     )
     assert steps == want_steps and losses == pytest.approx(want, rel=2e-2)
+
+
+@pytest.mark.parametrize("tf32", [True, False])
+def test_a_cuda_runtime_times_cudnn_kernels_and_sets_the_tf32_policy(tf32):
+    resolve_runtime(RuntimeConfig(device="cuda", tf32=tf32))
+    assert torch.backends.cudnn.benchmark
+    assert torch.backends.cuda.matmul.allow_tf32 is tf32
+    assert torch.backends.cudnn.allow_tf32 is tf32

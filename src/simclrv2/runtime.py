@@ -113,4 +113,17 @@ def resolve_runtime(config: RuntimeConfig) -> Runtime:
     dtype = torch.bfloat16 if precision == "bf16" else None
     if device.type == "cpu" and config.retain_freed_memory:
         retain_freed_memory()
+    if device.type == "cuda":
+        use_cuda_kernels_for_fixed_shapes(config.tf32)
     return Runtime(device, dtype, config.channels_last, config.compile)
+
+
+def use_cuda_kernels_for_fixed_shapes(tf32: bool) -> None:
+    """CUDA only: cuDNN times its convolution algorithms once per input shape and keeps the
+    fastest (every batch of a stage has one shape; the choice is not bitwise deterministic), and
+    fp32 matmuls and convolutions use TF32 on GPUs that have it (Ampere and later) when ``tf32``:
+    about 1e-3 relative error per product, the default of most training code; bf16 autocast,
+    this library's default on such GPUs, is not affected."""
+    torch.backends.cudnn.benchmark = True
+    torch.backends.cuda.matmul.allow_tf32 = tf32
+    torch.backends.cudnn.allow_tf32 = tf32

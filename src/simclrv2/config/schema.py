@@ -187,6 +187,7 @@ class RuntimeConfig:
     compile: bool = False  # torch.compile the networks
     # CPU: glibc keeps freed blocks for reuse instead of returning them (simclrv2.runtime)
     retain_freed_memory: bool = True
+    tf32: bool = True  # CUDA: TF32 for fp32 matmuls and convolutions (simclrv2.runtime)
     # minutes a process waits in a collective (e.g. for rank 0 writing a checkpoint) before failing
     process_group_timeout: float = positive(30.0)
 
