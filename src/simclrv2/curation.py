@@ -17,8 +17,6 @@ Everything works on L2-normalised h (the encoder's output on the evaluation crop
 
 from __future__ import annotations
 
-import csv
-import io
 import os
 from pathlib import Path
 
@@ -33,17 +31,13 @@ from simclrv2.errors import UserError
 from simclrv2.evaluation import extract
 from simclrv2.export import ExportedModel
 from simclrv2.runtime import Runtime
+from simclrv2.tables import csv_text
 from simclrv2.visualize import GAP, ORIGINALS_GAP, tile_grid
 
 SIMILARITIES_PER_CHUNK = 2**25  # floats in one (queries, bank) block: 128 MB in float32
 DUPLICATE_THRESHOLD = 0.95  # cosine of h at or above which two images count as near duplicates
 ROWS_SHOWN = 32  # queries (neighbours) or pairs (duplicates) drawn in the PNG; the CSV has all
 METHODS = ("kcenter", "uncertain")
-
-
-def names(data: ImageDataset) -> list[str]:
-    """Each image's name: its file name where the source has names, else its index."""
-    return data.names or [str(i) for i in range(len(data))]
 
 
 def read_queries(path: str | os.PathLike, size: int, channels: int) -> ImageDataset:
@@ -223,14 +217,6 @@ def save_suggestions(
         save_names(path, [pool.names[i] for i in picks.tolist()], comment)
 
 
-def _csv(header: list[str], rows) -> str:
-    text = io.StringIO()
-    writer = csv.writer(text, lineterminator="\n")
-    writer.writerow(header)
-    writer.writerows(rows)
-    return text.getvalue()
-
-
 def _save_png(path: Path, tiles: Tensor, first_gap: int) -> None:
     with atomic_file(path) as staging:
         tile_grid(tiles, first_gap).save(staging, format="PNG")
@@ -270,7 +256,7 @@ def neighbours(
     encoder, data, queries = _model_inputs(exported, runtime, data, queries)
     bank = embed_normalised(encoder, data, runtime)
     cosine, index = (t.cpu() for t in nearest(embed_normalised(encoder, queries, runtime), bank, k))
-    query_names, data_names = names(queries), names(data)
+    query_names, data_names = queries.image_names(), data.image_names()
     rows = (
         (query_names[q], rank + 1, data_names[i], f"{c:.6f}")
         for q, (row, cosines) in enumerate(zip(index.tolist(), cosine.tolist()))
@@ -278,7 +264,7 @@ def neighbours(
     )
     out = _output_folder(out)
     table, picture = out / "neighbours.csv", out / "neighbours.png"
-    write_text(table, _csv(["query", "rank", "neighbour", "cosine"], rows))
+    write_text(table, csv_text(["query", "rank", "neighbour", "cosine"], rows))
     shown = slice(0, ROWS_SHOWN)
     tiles = torch.cat([queries.images[shown, None], data.images[index[shown]]], dim=1)
     _save_png(picture, tiles, ORIGINALS_GAP)
@@ -307,14 +293,14 @@ def duplicates(
     image, match, cosine = (
         t.cpu() for t in duplicate_pairs(features, threshold, k, other_features)
     )
-    data_names, other_names = names(data), names(other)
+    data_names, other_names = data.image_names(), other.image_names()
     rows = (
         (data_names[i], other_names[j], f"{c:.6f}")
         for i, j, c in zip(image.tolist(), match.tolist(), cosine.tolist())
     )
     out = _output_folder(out)
     table, picture = out / "duplicates.csv", out / "duplicates.png"
-    write_text(table, _csv(["image", "match", "cosine"], rows))
+    write_text(table, csv_text(["image", "match", "cosine"], rows))
     if len(image) == 0:  # no pair to draw; a picture of an earlier run's pairs would mislead
         picture.unlink(missing_ok=True)
         return table, None, 0

@@ -1,8 +1,10 @@
-"""Plain-text and Markdown tables for the terminal, logs and RESULTS.md."""
+"""Plain-text and Markdown tables for the terminal, logs and RESULTS.md, and CSV text for files."""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import csv
+import io
+from collections.abc import Iterable, Sequence
 
 
 def _cell(value: object) -> str:
@@ -39,3 +41,12 @@ def format_table(
         else "  ".join("-" * w for w in widths)
     )
     return "\n".join([line(columns), rule, *(line(r) for r in cells)])
+
+
+def csv_text(header: Sequence[str], rows: Iterable[Sequence[object]]) -> str:
+    """A CSV document: the header row, then ``rows``, one per line."""
+    text = io.StringIO()
+    writer = csv.writer(text, lineterminator="\n")
+    writer.writerow(header)
+    writer.writerows(rows)
+    return text.getvalue()

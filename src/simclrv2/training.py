@@ -169,9 +169,8 @@ def _restore_random_streams(states: list[dict[str, Tensor]], generator: torch.Ge
     if distributed.rank() >= len(states):
         LOG.warning("the checkpoint has no random state for process %d", distributed.rank())
         return
-    state = {
-        name: value.cpu() for name, value in states[distributed.rank()].items()
-    }  # byte tensors
+    # set_state takes CPU byte tensors; a checkpoint loaded onto the GPU holds CUDA ones
+    state = {name: value.cpu() for name, value in states[distributed.rank()].items()}
     generator.set_state(state["augment"])
     torch.set_rng_state(state["torch"])
     if "cuda" in state and generator.device.type == "cuda":

@@ -71,6 +71,10 @@ class ImageDataset(Dataset):
             f"{labelled} labelled, {self.num_classes} classes)"
         )
 
+    def image_names(self) -> list[str]:
+        """Each image's name: its file name where the source has names, else its index."""
+        return self.names or [str(i) for i in range(len(self))]
+
     @property
     def num_classes(self) -> int:
         return len(self.classes)

@@ -30,7 +30,7 @@ def embed(exported: ExportedModel, data: ImageDataset, runtime: Runtime, out: Pa
     out.parent.mkdir(parents=True, exist_ok=True)
     encoder = runtime.module(exported.encoder).eval()
     features, labels = extract(encoder, data, runtime, data.image_size)
-    names = data.names or [str(i) for i in range(len(data))]
+    names = data.image_names()
     if out.suffix == ".npy":
         write_text(f"{out}.names.txt", "\n".join(names) + "\n")
         with atomic_file(f"{out}.labels.npy") as staging, open(staging, "wb") as file:

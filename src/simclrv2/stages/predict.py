@@ -8,8 +8,6 @@ Files of the source that could not be decoded get a row that says so, never sile
 
 from __future__ import annotations
 
-import csv
-import io
 from pathlib import Path
 
 import torch
@@ -20,6 +18,7 @@ from simclrv2.data import ImageDataset, epoch_batches
 from simclrv2.export import ExportedModel
 from simclrv2.metrics import progress_bar
 from simclrv2.runtime import Runtime
+from simclrv2.tables import csv_text
 
 COLUMNS = ("file", "predicted", "probability", "top_k", "label")
 BATCH = 256  # images per forward pass
@@ -36,7 +35,7 @@ def predict(
     classes = exported.info.get("classes") or [str(c) for c in range(model.linear.out_features)]
     skipped = data.skipped
     data = data.with_channels(exported.encoder.spec.in_channels)
-    names = data.names or [str(i) for i in range(len(data))]
+    names = data.image_names()
     k = min(k, len(classes))
     rows, start = [], 0
     batches = epoch_batches(
@@ -55,9 +54,5 @@ def predict(
             start += len(images)
             bar.update(1)
     rows += [(name, "", "", f"undecodable: {problem}", "") for name, problem in skipped]
-    text = io.StringIO()
-    writer = csv.writer(text)
-    writer.writerow(COLUMNS)
-    writer.writerows(rows)
-    write_text(out, text.getvalue())
+    write_text(out, csv_text(COLUMNS, rows))
     return out
