@@ -45,7 +45,7 @@ def test_archives_are_detected_by_their_top_folder(tmp_path):
             member.size = 1
             tar.addfile(member, io.BytesIO(b"x"))
         assert parse_source(str(archive)) == (kind, archive)
-    with pytest.raises(UserError, match=r"is a file but not a CIFAR .tar.gz"):
+    with pytest.raises(UserError, match=r"is a file but neither a CSV .* nor a CIFAR .tar.gz"):
         parse_source(str(touch(tmp_path / "notes.txt", b"hello")))
 
 

@@ -7,12 +7,13 @@ from dataclasses import replace
 import numpy as np
 import pytest
 import torch
-from own_images import CLASSES, LABELLED, POOL, TEST_PER_CLASS, write_own_images
 from PIL import Image
 
+from own_images import CLASSES, LABELLED, POOL, TEST_PER_CLASS, write_own_images
 from simclrv2.config import DataConfig
 from simclrv2.data import load_dataset
 from simclrv2.errors import UserError
+from simclrv2.metrics import LOG
 from simclrv2.run_data import load_run_data
 
 
@@ -82,18 +83,25 @@ def test_an_unknown_test_class_is_a_one_line_error(own, tmp_path):
     (tmp_path / "test" / "hat").mkdir(parents=True)
     source = own / "test" / "coat" / "coat-0.png"
     (tmp_path / "test" / "hat" / "x.png").write_bytes(source.read_bytes())
-    with pytest.raises(UserError, match="class 'hat'.*rename or remove"):
+    with pytest.raises(UserError, match=r"class 'hat'.*rename or remove"):
         load_run_data(settings(labelled=str(own / "labelled"), test=str(tmp_path / "test")))
 
 
-def test_test_images_equal_to_labelled_ones_are_counted_in_a_warning(own, tmp_path, caplog):
+def test_test_images_equal_to_labelled_ones_are_counted_in_a_warning(own, tmp_path):
     for i, name in enumerate(("coat-00.png", "coat-01.png")):
         target = tmp_path / "test" / "coat" / f"copy{i}.png"
         target.parent.mkdir(parents=True, exist_ok=True)
         target.write_bytes((own / "labelled" / "coat" / name).read_bytes())
-    with caplog.at_level(logging.WARNING, logger="simclrv2"):
+    records = []
+    handler = logging.Handler(logging.WARNING)
+    handler.emit = records.append
+    LOG.addHandler(handler)  # the CLI's logger does not propagate to pytest's capture
+    try:
         load_run_data(settings(labelled=str(own / "labelled"), test=str(tmp_path / "test")))
-    assert "2 of the 2 test images are also in the labelled set" in caplog.text
+    finally:
+        LOG.removeHandler(handler)
+    messages = [record.getMessage() for record in records]
+    assert any("2 of the 2 test images are also in the labelled set" in m for m in messages)
 
 
 def test_unlabelled_alone_is_a_pretraining_run(own):
@@ -112,7 +120,9 @@ def test_a_pool_with_class_folders_gives_no_labels(own):
 def test_grey_labelled_and_rgb_pool_become_three_channels(own, tmp_path):
     (tmp_path / "rgb").mkdir()
     Image.fromarray(np.full((28, 28, 3), (200, 10, 10), np.uint8)).save(tmp_path / "rgb" / "a.png")
-    data = load_run_data(settings(labelled=str(own / "labelled"), unlabelled=[str(tmp_path / "rgb")]))
+    data = load_run_data(
+        settings(labelled=str(own / "labelled"), unlabelled=[str(tmp_path / "rgb")])
+    )
     assert data.pool.channels == data.train.channels == data.validation.channels == 3
 
 
@@ -188,3 +198,17 @@ def test_benchmark_validation_is_held_out_of_the_train_split():
     assert len(data.validation) == 1000 and len(data.test) == 2000
     assert int((data.train.labels >= 0).sum()) == 9000 and data.labelled_count == 10000
     assert data.pool is data.train  # no other pool: the training images, without a copy
+
+
+def test_the_stl10_preset_pretrains_on_train_and_unlabeled_and_tests_on_test(tmp_path):
+    from simclrv2.config import preset
+    from test_data_stl10 import write_stl10
+
+    write_stl10(tmp_path)  # 3 train, 2 test, 4 unlabeled images
+    settings = replace(preset("stl10").data, source=str(tmp_path))
+    data = load_run_data(settings)
+    assert len(data.pool) == 3 + 4 and len(data.test) == 2 and data.validation is None
+    assert int((data.train.labels >= 0).sum()) == 3 == data.labelled_count
+    assert (data.pool.labels[3:] == -1).all()
+    unlabelled = load_dataset(f"stl10:{tmp_path}@unlabeled")
+    assert torch.equal(data.pool.images[3:], unlabelled.images)

@@ -26,9 +26,10 @@ def pipeline_run(tiny_data, tmp_path_factory):
 
 def test_pipeline_writes_every_stage_and_one_table(pipeline_run, capsys):
     rows = json.loads((pipeline_run / "results.json").read_text())
-    methods = [row["method"] for row in rows]
-    assert methods[:2] == ["SimCLR + kNN (k=20)", "SimCLR + linear eval"]
-    assert {r["labels"] for r in rows[2:]} == {"10%"} and len(rows) == 5
+    methods = list(dict.fromkeys(row["method"] for row in rows))
+    assert methods[:2] == ["SimCLR + kNN (k=20)", "SimCLR + linear eval"] and len(methods) == 5
+    assert [row["split"] for row in rows] == ["validation", "test"] * 5  # each number's split
+    assert {r["labels"] for r in rows[4:]} == {"10% (20)"}
     for row in rows:
         assert 0 <= row["top1"] <= row["top5"] <= 100
     for stage in ("pretrain", "finetune-10%", "supervised-10%", "distill-10%"):
@@ -36,6 +37,7 @@ def test_pipeline_writes_every_stage_and_one_table(pipeline_run, capsys):
     finetuned = json.loads((pipeline_run / "finetune-10%" / "results.json").read_text())
     assert finetuned["labelled_images"] == 20  # round(10% of 16) = 2 per class
     assert np.array(finetuned["confusion"]).sum() == 40  # every test image once
+    assert np.array(finetuned["splits"]["validation"]["confusion"]).sum() == 20  # 2 per class
     assert (pipeline_run / "labels-10%.txt").is_file()
     assert (pipeline_run / "config.yaml").is_file() and (
         pipeline_run / "environment.json"

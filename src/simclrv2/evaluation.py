@@ -20,7 +20,7 @@ from torch import Tensor
 from simclrv2.augment import center_crop
 from simclrv2.data import ImageDataset, epoch_batches
 from simclrv2.runtime import Runtime
-from simclrv2.scores import by_split, classification_scores, topk_accuracy
+from simclrv2.scores import by_split, classification_scores
 
 
 @torch.no_grad()
@@ -86,20 +86,6 @@ def knn_scores(
         votes.scatter_add_(1, bank_labels[top_idx], (top_sim / temperature).exp())
         scores.append(votes)
     return torch.cat(scores)
-
-
-def knn_accuracy(
-    bank: Tensor,
-    bank_labels: Tensor,
-    queries: Tensor,
-    labels: Tensor,
-    num_classes: int,
-    k: int = 200,
-    temperature: float = 0.1,
-) -> dict[str, float]:
-    return topk_accuracy(
-        knn_scores(bank, bank_labels, queries, num_classes, k, temperature), labels
-    )
 
 
 @dataclass

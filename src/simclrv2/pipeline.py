@@ -20,6 +20,7 @@ from simclrv2.config import Config
 from simclrv2.data import labelled_indices, save_indices
 from simclrv2.run import Run
 from simclrv2.run_data import RunData
+from simclrv2.scores import SUMMARY
 from simclrv2.stages.distill import distill
 from simclrv2.stages.evaluate import linear_eval
 from simclrv2.stages.finetune import finetune
@@ -27,16 +28,7 @@ from simclrv2.stages.pretrain import pretrain
 from simclrv2.tables import format_table
 from simclrv2.training import RESULTS, StageResult, finished_result
 
-TABLE_COLUMNS = (
-    "method",
-    "labels",
-    "split",
-    "top1",
-    "top5",
-    "balanced_accuracy",
-    "macro_f1",
-    "minutes",
-)
+TABLE_COLUMNS = ("method", "labels", "split", *SUMMARY, "minutes")
 
 
 def _finished_or_run(directory: Path, stage: Callable[..., StageResult], *args) -> StageResult:
@@ -75,7 +67,7 @@ def _rows(method: str, labels: str, results: dict, minutes: float | None) -> lis
             "method": method,
             "labels": labels,
             "split": split,
-            **{key: scores.get(key) for key in TABLE_COLUMNS[3:-1]},
+            **{key: scores.get(key) for key in SUMMARY},
             "minutes": minutes,
         }
         for split, scores in results.get("splits", {}).items()
@@ -101,7 +93,7 @@ def run_pipeline(
     everything = f"all ({int((train.labels >= 0).sum())})"
     knn = {
         "splits": {
-            split: {"top1": scores["knn_top1"], "top5": scores["knn_top5"]}
+            split: {key: scores[f"knn_{key}"] for key in SUMMARY}
             for split, scores in pre.get("splits", {}).items()
         }
     }

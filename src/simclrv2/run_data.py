@@ -56,6 +56,16 @@ class RunData:
         smallest of SimCLRv2's fractions for the benchmark."""
         return ALL if self.own else "1%"
 
+    def summary(self) -> str:
+        """One line of what the run reads, for its log."""
+        training = 0 if self.train is None else int((self.train.labels >= 0).sum())
+        classes = 0 if self.train is None else self.train.num_classes
+        sizes = {name: len(data) for name, data in self.evaluation.items()}
+        return (
+            f"data: {len(self.pool)} images in the pool, {training} labelled for training "
+            f"({classes} classes), {sizes.get(VALIDATION, 0)} validation, {sizes.get(TEST, 0)} test"
+        )
+
     def labelled(self) -> ImageDataset:
         """The training images with labels; a one-line error when the run has none."""
         if self.train is None:
@@ -181,15 +191,6 @@ def load_run_data(settings: DataConfig, pools: bool = True) -> RunData:
     if rgb:
         train, validation, test = (d.to_rgb() if d else d for d in (train, validation, test))
     pool = _pool(train, pools)
-    LOG.info(
-        "data: %d images in the pool, %d labelled for training (%d classes), %d validation, "
-        "%d test",
-        len(pool),
-        labelled_count - len(held),
-        len(classes),
-        len(held),
-        0 if test is None else len(test),
-    )
     return RunData(pool, train, validation, test, labelled_count, held.tolist(), own)
 
 

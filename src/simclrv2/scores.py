@@ -17,6 +17,7 @@ import torch
 from torch import Tensor
 
 VALIDATION, TEST = "validation", "test"
+SUMMARY = ("top1", "top5", "balanced_accuracy", "macro_f1")  # a table row's scores
 
 
 def topk_accuracy(scores: Tensor, labels: Tensor, ks: tuple[int, ...] = (1, 5)) -> dict[str, float]:

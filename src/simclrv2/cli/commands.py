@@ -75,10 +75,12 @@ def _run(args: argparse.Namespace, config, command: str, data, inputs: dict | No
     """The run of a training command (:func:`simclrv2.run.open_run`), its directory remembered
     for the resume hint, its validation split saved there as a file list."""
     from simclrv2 import distributed
+    from simclrv2.metrics import LOG
     from simclrv2.run import open_run
 
     with open_run(command, config, args.out, args.resume, inputs) as run:
         args.run_directory = run.directory
+        LOG.info("%s", data.summary())
         if distributed.rank() == 0:
             data.save_validation_list(run.directory)
         yield run

@@ -35,7 +35,9 @@ def _cosine(text: str) -> float:
 
 def _add_config_options(parser: argparse.ArgumentParser, runs: bool = True) -> None:
     parser.add_argument(
-        "--preset", default="demo", help="demo (default), fashion-mnist, cifar10-v1, imagenet-v2"
+        "--preset",
+        default="demo",
+        help="demo (default), fashion-mnist, cifar10-v1, imagenet-v2, stl10",
     )
     parser.add_argument("--config", help="YAML file of settings (sections as in `simclrv2 config`)")
     parser.add_argument(

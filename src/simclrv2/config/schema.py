@@ -176,8 +176,9 @@ class DistillConfig(TrainingConfig):
 @dataclass
 class LinearEvalConfig:
     method: Literal["lbfgs", "sgd"] = "lbfgs"  # L-BFGS logistic regression on cached h, or SGD
-    # L2 penalties of the logistic regression (lbfgs): the best on validation is kept
-    l2: list[float] = at_least(0, [1e-5, 1e-4, 1e-3])
+    # L2 penalties of the logistic regression (lbfgs): the best on validation is kept, the
+    # first without a validation split (and on ties)
+    l2: list[float] = at_least(0, [1e-4, 1e-5, 1e-3])
     epochs: int = positive(90)  # SGD on cached features (SimCLR: 90 epochs, Nesterov, no decay)
     batch_size: int = positive(4096)
     base_lr: float = at_least(0, 0.1)

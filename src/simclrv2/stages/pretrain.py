@@ -23,14 +23,14 @@ from torch import Tensor, nn
 from simclrv2 import build, distributed
 from simclrv2.config import Config
 from simclrv2.data import ImageDataset
-from simclrv2.evaluation import extract, knn_accuracy
+from simclrv2.evaluation import extract, knn_scores
 from simclrv2.export import ExportedModel
 from simclrv2.gradcache import check_chunk_size, chunked_forward
 from simclrv2.losses import labelled_cross_entropy, nt_xent
 from simclrv2.memory import EmbeddingQueue, MovingAverage
 from simclrv2.models import LinearClassifier
 from simclrv2.runtime import Runtime
-from simclrv2.scores import by_split, topk_accuracy
+from simclrv2.scores import SUMMARY, by_split, classification_scores, topk_accuracy
 from simclrv2.training import Stage, StageResult, data_info, fit
 
 
@@ -163,8 +163,9 @@ def evaluate_representation(
     scores = {}
     for name, data in splits.items():
         queries, labels = extract(encoder, data, runtime, image_size)
-        knn = knn_accuracy(bank, bank_labels, queries, labels, train.num_classes, k, temperature)
-        values = {"knn_top1": knn["top1"], "knn_top5": knn["top5"]}
+        votes = knn_scores(bank, bank_labels, queries, train.num_classes, k, temperature)
+        knn = classification_scores(votes, labels, train.classes)
+        values = {f"knn_{key}": knn[key] for key in SUMMARY}
         if online is not None:
             online.eval()
             with torch.no_grad():
