@@ -212,3 +212,8 @@ def test_the_stl10_preset_pretrains_on_train_and_unlabeled_and_tests_on_test(tmp
     assert (data.pool.labels[3:] == -1).all()
     unlabelled = load_dataset(f"stl10:{tmp_path}@unlabeled")
     assert torch.equal(data.pool.images[3:], unlabelled.images)
+
+
+def test_a_flat_folder_as_data_is_a_pretraining_run(own):
+    data = load_run_data(settings(source=str(own / "pool")))
+    assert data.train is None and len(data.pool) == POOL and data.evaluation == {}

@@ -164,11 +164,12 @@ def load_run_data(settings: DataConfig, pools: bool = True) -> RunData:
     size = _size(labelled, pools)
     if settings.test is not None:
         test = load(settings.test, _own_split(settings.test, "test"), size)
-    if labelled is None:
-        return RunData(_pool(None, pools), None, None, None, 0, [], own)
+    labelled_count = 0 if labelled is None else int((labelled.labels >= 0).sum())
+    if labelled_count == 0:  # no labels at all (a flat folder): a pretraining run
+        unlabelled = pools if labelled is None else [labelled, *pools]
+        return RunData(_pool(None, unlabelled), None, None, None, 0, [], own)
 
     classes = labelled.classes
-    labelled_count = int((labelled.labels >= 0).sum())
     present = int((labelled.labels[labelled.labels >= 0].unique()).numel())
     if present < 2:
         raise UserError(
