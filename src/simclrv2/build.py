@@ -47,13 +47,18 @@ def contrastive_model(config: Config, data: ImageDataset) -> ContrastiveModel:
 
 
 def pretrain_augment(settings: AugmentConfig, size: int) -> SimCLRAugment:
-    """The pretraining views ``settings`` ask for, at ``size`` px."""
+    """The pretraining views ``settings`` ask for, at ``augment.size`` px, else ``size`` px."""
     return SimCLRAugment(
-        size=size,
+        size=settings.size or size,
+        crop_scale=(settings.crop_min_area, settings.crop_max_area),
+        vflip_p=settings.vflip,
+        rot90=settings.rot90,
         jitter_strength=settings.jitter_strength,
-        blur=settings.blur,
+        jitter_p=settings.jitter_p,
+        jitter_ops=tuple(settings.jitter_ops),
         brightness=settings.brightness,
-        crop_scale=(settings.crop_min_area, 1.0),
+        grayscale_p=settings.grayscale_p,
+        blur=settings.blur,
     )
 
 

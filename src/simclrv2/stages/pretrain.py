@@ -42,7 +42,7 @@ def pretrain(
 ) -> StageResult:
     """SimCLR on ``train`` (its labels, if any, feed only the online classifier and the kNN bank);
     the monitors read ``test``."""
-    settings, size = config.pretrain, train.image_size
+    settings = config.pretrain
     stage = Stage.open("pretrain", directory, runtime, config.runtime.seed)
     model = runtime.module(build.contrastive_model(config, train))
     labelled = bool((train.labels >= 0).any())
@@ -60,7 +60,8 @@ def pretrain(
         len(train),
         classifiers=(online,) if online else (),
     )
-    augment = build.pretrain_augment(config.augment, size)
+    augment = build.pretrain_augment(config.augment, train.image_size)
+    size = augment.size  # the side of the views, and of the monitors' centre crops
     chunk = settings.chunk_size
     check_chunk_size(chunk, settings.batch_size // distributed.world_size())
     encode = partial(chunked_forward, model, chunk_size=chunk) if chunk else model
