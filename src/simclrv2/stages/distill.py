@@ -21,7 +21,7 @@ from simclrv2.augment import crop_flip
 from simclrv2.config import Config
 from simclrv2.data import ImageDataset
 from simclrv2.evaluation import classifier_accuracy
-from simclrv2.export import ExportedModel
+from simclrv2.export import ExportedModel, match_channels
 from simclrv2.losses import distillation_loss
 from simclrv2.models import Classifier, LinearClassifier, arch_name
 from simclrv2.runtime import Runtime
@@ -40,6 +40,8 @@ def distill(
     """Train a student on ``unlabelled`` to match ``teacher`` (and on ``labelled`` when
     ``distill.alpha`` < 1); evaluate it on ``test``."""
     settings = config.distill
+    channels = teacher.encoder.spec.in_channels  # the student takes what the teacher takes
+    unlabelled, labelled, test = match_channels(channels, unlabelled, labelled, test)
     stage = Stage.open("distill", directory, runtime, config.runtime.seed)
     size = unlabelled.image_size
     teacher = runtime.module(teacher).eval().requires_grad_(False)

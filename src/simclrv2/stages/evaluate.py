@@ -14,7 +14,7 @@ from simclrv2.evaluation import (
     knn_accuracy,
     topk_accuracy,
 )
-from simclrv2.export import ExportedModel
+from simclrv2.export import ExportedModel, match_channels
 from simclrv2.optim import scaled_learning_rate
 from simclrv2.runtime import Runtime
 
@@ -24,6 +24,7 @@ def _labelled_features(
 ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
     """h and labels of the labelled training and test images (frozen encoder, evaluation crop at
     the training images' size)."""
+    train, test = match_channels(exported.encoder.spec.in_channels, train, test)
     encoder = runtime.module(exported.encoder).eval()
 
     def labelled(data: ImageDataset) -> tuple[Tensor, Tensor]:

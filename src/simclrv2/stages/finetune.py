@@ -20,7 +20,7 @@ from simclrv2.augment import crop_flip
 from simclrv2.config import Config
 from simclrv2.data import ImageDataset
 from simclrv2.evaluation import classifier_accuracy
-from simclrv2.export import ExportedModel
+from simclrv2.export import ExportedModel, match_channels
 from simclrv2.metrics import LOG
 from simclrv2.models import Classifier, LinearClassifier
 from simclrv2.runtime import Runtime
@@ -37,6 +37,8 @@ def finetune(
 ) -> StageResult:
     """Fine-tune ``init`` (or train from scratch when None) on ``labelled``; evaluate on ``test``."""
     name = "finetune" if init is not None else "supervised"
+    if init is not None:
+        labelled, test = match_channels(init.encoder.spec.in_channels, labelled, test)
     stage = Stage.open(name, directory, runtime, config.runtime.seed)
     size, classes = labelled.image_size, labelled.num_classes
     if init is None:
