@@ -108,12 +108,15 @@ def pipeline(args: argparse.Namespace) -> None:
 
 
 def pretrain(args: argparse.Namespace) -> None:
+    from simclrv2.export import load_exported
     from simclrv2.stages import pretrain as stage
 
     config = _config(args)
+    inputs = {k: v for k, v in _inputs(args, init=args.init).items() if v is not None}
     train, test = _datasets(config)
-    with _run(args, config, "pretrain") as run:
-        result = stage.pretrain(config, run.directory, train, test, run.runtime)
+    init = load_exported(inputs["init"]) if inputs.get("init") else None
+    with _run(args, config, "pretrain", inputs) as run:
+        result = stage.pretrain(config, run.directory, train, test, run.runtime, init)
     _print_outcome(result.metrics, run.directory)
 
 

@@ -24,7 +24,7 @@ from simclrv2 import build, distributed
 from simclrv2.config import Config
 from simclrv2.data import ImageDataset
 from simclrv2.evaluation import extract, knn_accuracy, topk_accuracy
-from simclrv2.export import ExportedModel
+from simclrv2.export import ExportedModel, match_channels
 from simclrv2.gradcache import check_chunk_size, chunked_forward
 from simclrv2.losses import labelled_cross_entropy, nt_xent
 from simclrv2.memory import EmbeddingQueue, MovingAverage
@@ -39,12 +39,16 @@ def pretrain(
     train: ImageDataset,
     test: ImageDataset | None,
     runtime: Runtime,
+    init: ExportedModel | None = None,
 ) -> StageResult:
     """SimCLR on ``train`` (its labels, if any, feed only the online classifier and the kNN bank);
-    the monitors read ``test``."""
+    the monitors read ``test``. From ``init``'s weights (an export) when given: continued
+    pretraining, e.g. of the authors' ImageNet model on another domain."""
     settings = config.pretrain
+    if init is not None:
+        train, test = match_channels(init.encoder.spec.in_channels, train, test)
     stage = Stage.open("pretrain", directory, runtime, config.runtime.seed)
-    model = runtime.module(build.contrastive_model(config, train))
+    model = runtime.module(build.contrastive_model(config, train, init))
     labelled = bool((train.labels >= 0).any())
     online = (
         runtime.module(LinearClassifier(model.encoder.out_dim, train.num_classes))
