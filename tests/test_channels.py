@@ -52,7 +52,7 @@ def test_the_rule_on_data_sets():
     assert match_channels(3, None, grey)[0] is None
 
 
-def test_finetune_and_embed_of_a_converted_rgb_checkpoint_on_grey_data(
+def test_a_converted_rgb_checkpoint_on_grey_data_in_finetune_embed_distill_and_knn(
     converted_tf, tiny_data, tmp_path, capsys
 ):
     data = ["--data", str(tiny_data), *TINY_OVERRIDES]
@@ -68,6 +68,11 @@ def test_finetune_and_embed_of_a_converted_rgb_checkpoint_on_grey_data(
         assert main([*argv, *data]) == 0
         assert REPEATED in capsys.readouterr().err
         assert np.load(h).shape == (40, load_encoder(model).out_dim)
+    argv = ["distill", "--teacher", str(out / "model"), "--out", str(tmp_path / "dist")]
+    assert main([*argv, *data]) == 0
+    assert load_encoder(tmp_path / "dist" / "model").spec.in_channels == 3  # the teacher's
+    assert main(["knn", "--init", str(converted_tf), *data]) == 0
+    assert REPEATED in capsys.readouterr().err
 
 
 @pytest.mark.parametrize("command", ["embed", "finetune", "knn"])
