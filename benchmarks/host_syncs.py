@@ -148,7 +148,7 @@ def tiny_pretraining(directory: Path) -> None:
         ),
         runtime=RuntimeConfig(device="cpu", precision="fp32"),
     )
-    pretrain_stage.pretrain(config, directory, train, None, resolve_runtime(config.runtime))
+    pretrain_stage.pretrain(config, directory, train, {}, resolve_runtime(config.runtime))
 
 
 def count_run(subset: bool) -> Counts:

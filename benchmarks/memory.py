@@ -59,7 +59,7 @@ def child_step(arch: str, batch: int, chunk: int) -> None:
     runtime = resolve_runtime(config.runtime)
     with tempfile.TemporaryDirectory() as directory:
         start_mib, started = _resident_mib("VmRSS"), time.perf_counter()
-        pretrain(config, Path(directory), data, None, runtime)
+        pretrain(config, Path(directory), data, {}, runtime)
         _report(start_mib, time.perf_counter() - started)
 
 

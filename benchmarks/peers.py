@@ -203,7 +203,7 @@ def simclrv2_job(
     at_init = {f"{split}_features_init": extract(initial, data, runtime, 32)[0] for split, data in (("train", train), ("test", test))}  # fmt: skip
     with tempfile.TemporaryDirectory() as directory:
         started = time.perf_counter()
-        result = pretrain(config, Path(directory), train, None, runtime)
+        result = pretrain(config, Path(directory), train, {}, runtime)
         seconds = time.perf_counter() - started
     encoder = runtime.module(result.model.encoder).eval()
     steps = epochs * (len(train) // batch)

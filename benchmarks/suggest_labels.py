@@ -88,7 +88,7 @@ def main() -> None:
                 labelled = train.subset(chosen)
                 directory = Path(scratch) / f"{method}-{seed}"
                 init = load_exported(args.model)
-                result = finetune(config, directory, labelled, test, runtime, init)
+                result = finetune(config, directory, labelled, {"test": test}, runtime, init)
                 rows.append(
                     {
                         "method": method,

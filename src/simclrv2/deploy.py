@@ -87,9 +87,13 @@ def final_model(path: str | Path) -> tuple[Path, str]:
 
 
 def _label_percent(stage_folder: str) -> float:
-    """The label fraction in a pipeline's stage folder name (``distill-10%`` -> 10), else -1."""
+    """The label fraction in a pipeline's stage folder name (``distill-10%`` -> 10; every
+    label, ``distill-all``, -> 100), else -1."""
+    spec = stage_folder.partition("-")[2]
+    if spec == "all":
+        return 100.0
     try:
-        return float(stage_folder.partition("-")[2].rstrip("%"))
+        return float(spec.rstrip("%"))
     except ValueError:
         return -1.0
 

@@ -20,13 +20,7 @@ from torch import Tensor
 from simclrv2.augment import center_crop
 from simclrv2.data import ImageDataset, epoch_batches
 from simclrv2.runtime import Runtime
-
-
-def topk_accuracy(scores: Tensor, labels: Tensor, ks: tuple[int, ...] = (1, 5)) -> dict[str, float]:
-    """Top-k accuracy in percent of class ``scores`` (N, C) against ``labels`` (N,)."""
-    ranked = scores.topk(min(max(ks), scores.shape[1]), dim=1).indices  # (N, k)
-    hits = ranked == labels[:, None]
-    return {f"top{k}": 100.0 * hits[:, :k].any(dim=1).float().mean().item() for k in ks}
+from simclrv2.scores import by_split, classification_scores, topk_accuracy
 
 
 @torch.no_grad()
@@ -51,20 +45,25 @@ def extract(
 
 
 @torch.no_grad()
-def classifier_accuracy(
-    model: torch.nn.Module, test: ImageDataset, runtime: Runtime, image_size: int
+def classifier_scores(
+    model: torch.nn.Module, splits: dict[str, ImageDataset], runtime: Runtime, image_size: int
 ) -> dict:
-    """Top-1/top-5 in percent of a classifier on the centre-cropped labelled ``test`` images, and
-    its confusion matrix (rows: true class, columns: predicted)."""
+    """The :mod:`simclrv2.scores` of a classifier on the centre-cropped labelled images of each
+    split, by split (:func:`simclrv2.scores.by_split`)."""
     model.eval()
-    logits, labels = extract(model, test, runtime, image_size)
-    keep = labels >= 0
-    logits, labels = logits[keep], labels[keep]
-    classes = logits.shape[1]
-    confusion = torch.bincount(labels * classes + logits.argmax(1), minlength=classes * classes)
-    return topk_accuracy(logits, labels) | {
-        "confusion": confusion.reshape(classes, classes).tolist()
-    }
+    per_split = {}
+    for name, data in splits.items():
+        logits, labels = extract(model, data, runtime, image_size)
+        keep = labels >= 0
+        per_split[name] = classification_scores(logits[keep], labels[keep], data.classes)
+    return by_split(per_split)
+
+
+def top1_summary(metrics: dict) -> str:
+    """ "top-1 X% on SPLIT" of a stage's metrics, or "no labelled split to score"."""
+    if "top1" not in metrics:
+        return "no labelled split to score"
+    return f"top-1 {metrics['top1']:.2f}% on {metrics['split']}"
 
 
 def knn_scores(

@@ -91,7 +91,9 @@ def _data(info: dict, input_side: tuple[int, str]) -> str:
     if not isinstance(data, dict):
         return f"## Data\n\nNot recorded in this export. Input side: {side} px ({where})."
     splits = data.get("splits") if isinstance(data.get("splits"), dict) else {}
-    lines = [f"- source: `{data.get('source')}`", f"- image side: {side} px ({where})"]
+    named = [key for key in ("source", "labelled", "unlabelled", "test") if data.get(key)]
+    lines = [f"- {key}: `{data[key]}`" for key in named]
+    lines.append(f"- image side: {side} px ({where})")
     for name, split in splits.items():
         if isinstance(split, dict):
             labelled = f", {_count(split['labelled'])} labelled" if "labelled" in split else ""
@@ -129,7 +131,10 @@ def _metrics(metrics: dict[str, dict], classes: list[str]) -> str:
         return "## Metrics\n\nNot recorded with this export."
     names = list(
         dict.fromkeys(
-            k for values in metrics.values() for k, v in values.items() if not isinstance(v, list)
+            k
+            for values in metrics.values()
+            for k, v in values.items()
+            if not isinstance(v, (list, dict))
         )
     )
     rows = [

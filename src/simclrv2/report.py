@@ -2,7 +2,7 @@
 
 It shows the results table, loss and learning-rate curves of every stage, kNN and linear accuracy
 over the epochs (the kNN monitor and the online linear classifier at the epochs they ran, and the
-final linear evaluation), a 2-D map (PCA) of the test embeddings coloured by class, the confusion
+final linear evaluation), a 2-D map (PCA) of the reported split's embeddings coloured by class, the confusion
 matrix of each classifier, and an augmentation grid. It renders whatever the directory holds, so
 it works on an interrupted run too: the table then lists the stages that finished, the embedding
 map uses the newest pretraining checkpoint when there is no exported model yet, and missing parts
@@ -21,6 +21,7 @@ from matplotlib.figure import Figure
 
 from simclrv2.errors import UserError
 from simclrv2.metrics import read_metrics
+from simclrv2.scores import headline
 from simclrv2.tables import format_table
 
 FIGURES = "report"
@@ -101,20 +102,28 @@ def _read_json(path: Path) -> object:
 
 
 def _confusion(stage: Path, out: Path) -> str | None:
+    """The confusion matrix of the split a stage reports, rows normalised, axes named by class."""
     results = _read_json(stage / "results.json")
     if not isinstance(results, dict) or "confusion" not in results:
         return None
     matrix = torch.tensor(results["confusion"], dtype=torch.float32)
     normalised = matrix / matrix.sum(1, keepdim=True).clamp_min(1)
-    figure = Figure(figsize=(4.2, 3.8))
+    names = list(results.get("per_class") or [])
+    figure = Figure(figsize=(4.2 + 0.15 * len(names), 3.8 + 0.15 * len(names)))
     axis = figure.subplots()
     image = axis.imshow(normalised.numpy(), cmap="Blues", vmin=0, vmax=1)
+    split = results.get("split", "test")
     axis.set(
         xlabel="predicted class",
         ylabel="true class",
-        title=f"{stage.name}: top-1 {results['top1']:.1f}%",
+        title=f"{stage.name}: top-1 {results['top1']:.1f}% on {split}",
     )
+    if len(names) == len(matrix):
+        ticks = range(len(names))
+        axis.set_xticks(ticks, names, rotation=90, fontsize=7)
+        axis.set_yticks(ticks, names, fontsize=7)
     figure.colorbar(image, ax=axis, fraction=0.046)
+    figure.tight_layout()
     return _save(figure, out / f"{stage.name}-confusion.png")
 
 
@@ -145,14 +154,20 @@ def _pretrained_encoder(run: Path, config, data) -> tuple[torch.nn.Module, str] 
 
 
 def _embedding_map(run: Path, out: Path) -> str | None:
-    """PCA of h on the test images, coloured by class, from the pretrained encoder."""
-    from simclrv2 import build
+    """PCA of h on the images of the split the run reports (test, else validation), coloured by
+    class, from the pretrained encoder."""
     from simclrv2.evaluation import extract
+    from simclrv2.run_data import load_run_data
     from simclrv2.rundir import load_run_config
     from simclrv2.runtime import resolve_runtime
+    from simclrv2.scores import reported_split
 
     config = load_run_config(run)
-    test = build.dataset(config.data, config.data.test_split)
+    evaluation = load_run_data(config.data, pools=False).evaluation
+    if not evaluation:
+        return None
+    split = reported_split(evaluation)
+    test = evaluation[split]
     found = _pretrained_encoder(run, config, test)
     if found is None:
         return None
@@ -170,17 +185,18 @@ def _embedding_map(run: Path, out: Path) -> str | None:
     )
     names = test.classes or [str(c) for c in range(int(labels.max()) + 1)]
     axis.legend(scatter.legend_elements()[0], names, fontsize=7, loc="best", markerscale=0.8)
-    axis.set(title=f"test embeddings h (PCA), {source}", xticks=[], yticks=[])
+    axis.set(title=f"{split} embeddings h (PCA), {source}", xticks=[], yticks=[])
     return _save(figure, out / "embeddings.png")
 
 
 def _augmentations(run: Path, out: Path) -> str | None:
     from simclrv2 import build
+    from simclrv2.run_data import load_run_data
     from simclrv2.rundir import load_run_config
     from simclrv2.visualize import augmentation_grid
 
     config = load_run_config(run)
-    data = build.dataset(config.data, "train")
+    data = load_run_data(config.data, pools=False).pool
     augment = build.pretrain_augment(config.augment, data.image_size)
     grid = augmentation_grid(
         data.images[:8], augment, views=6, generator=torch.Generator().manual_seed(0)
@@ -202,6 +218,7 @@ def _finished_stages(run: Path) -> list[dict]:
         rows.append(
             {
                 "stage": stage.name + (" (kNN)" if kind else ""),
+                "split": results.get("split"),
                 "top1": results.get(f"{kind}top1"),
                 "top5": results.get(f"{kind}top5"),
                 "minutes": seconds / 60 if isinstance(seconds, (int, float)) else None,
@@ -213,7 +230,7 @@ def _finished_stages(run: Path) -> list[dict]:
 def _results_table(run: Path) -> str:
     rows = _read_json(run / "results.json")
     if isinstance(rows, dict):  # a single stage's results
-        rows = [{k: v for k, v in rows.items() if k != "confusion"}]
+        rows = [headline(rows)]
     if isinstance(rows, list) and rows:
         return f"<pre>{html.escape(format_table(rows))}</pre>"
     finished = _finished_stages(run)
@@ -247,7 +264,7 @@ def build_report(run: str | Path) -> Path:
         ]
         images = "".join(f'<img src="{FIGURES}/{name}">' for name in figures if name)
         sections.append(f"<h2>{html.escape(stage.name)}</h2>{images or '<p>no metrics yet</p>'}")
-    for title, render in (("Test embeddings", _embedding_map), ("Augmentations", _augmentations)):
+    for title, render in (("Embeddings", _embedding_map), ("Augmentations", _augmentations)):
         try:
             name = render(run, out)
         except UserError as error:

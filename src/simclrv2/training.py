@@ -90,11 +90,11 @@ class Stage:
     def finish(
         self, exported: ExportedModel, metrics: dict, summary: str, config: Config
     ) -> StageResult:
-        """Rank 0 writes ``model/`` (its card shows ``metrics`` on ``config.data.test_split`` and
-        ``config``) and ``results.json`` (``metrics`` plus the seconds of this invocation: a
-        resumed run counts its own part); every process returns once they are there, with the
-        result. ``summary`` is the stage's log line."""
-        evaluated = {config.data.test_split: metrics} if metrics else None
+        """Rank 0 writes ``model/`` (its card shows the scores of each split in ``metrics``, see
+        :func:`simclrv2.scores.by_split`, and ``config``) and ``results.json`` (``metrics`` plus
+        the seconds of this invocation: a resumed run counts its own part); every process
+        returns once they are there, with the result. ``summary`` is the stage's log line."""
+        evaluated = metrics.get("splits")
         metrics = metrics | {"seconds": time.perf_counter() - self.started}
         if distributed.rank() == 0:
             save_exported(
@@ -111,11 +111,17 @@ class Stage:
 
 
 def data_info(config: Config, trained_on: ImageDataset, splits: dict[str, dict]) -> dict:
-    """The ``data`` entry of a stage's export info, for its model card: the source, the image
+    """The ``data`` entry of a stage's export info, for its model card: the sources, the image
     side in px the network was trained at, and what each split held
     (:meth:`ImageDataset.describe`)."""
-    source = config.data.source or "embedded"
-    return {"source": source, "image_size": trained_on.image_size, "splits": splits}
+    data = config.data
+    if data.labelled is not None or data.unlabelled:
+        sources = {"labelled": data.labelled, "unlabelled": data.unlabelled}
+    else:
+        sources = {"source": data.source or "embedded"}
+    if data.test is not None:
+        sources["test"] = data.test
+    return sources | {"image_size": trained_on.image_size, "splits": splits}
 
 
 def finished_result(directory: Path) -> StageResult | None:

@@ -10,36 +10,51 @@ from pathlib import Path
 
 from simclrv2.errors import UserError
 
-DEFAULT_LABELS = "1%"  # the label spec of `finetune` without --labels (SimCLRv2's smallest)
-
 
 def _config(args: argparse.Namespace, fields: dict | None = None):
     """The resolved config: the saved one of ``--resume``, else preset -> file -> overrides ->
-    the fields that flags set (``--data``, ``--chunk-size``) and the command's own ``fields``."""
+    the fields that flags set (``--data``, ``--labelled``, ``--unlabelled``, ``--test``,
+    ``--chunk-size``) and the command's own ``fields``."""
+    from dataclasses import replace
+
     from simclrv2.config import load_config
     from simclrv2.rundir import load_run_config
 
+    own = {
+        "data.labelled": getattr(args, "labelled", None),
+        "data.unlabelled": getattr(args, "unlabelled", None),
+        "data.test": getattr(args, "test", None),
+    }
+    if args.data is not None and (own["data.labelled"] or own["data.unlabelled"]):
+        raise UserError(
+            "--data (the benchmark protocol) and --labelled/--unlabelled (your own images) "
+            "exclude each other; give one"
+        )
     flags = {"data.source": args.data, "pretrain.chunk_size": getattr(args, "chunk_size", None)}
-    flags |= fields or {}
+    flags |= own | (fields or {})
     if getattr(args, "resume", None):
         if args.overrides or args.config or any(v is not None for v in flags.values()):
             raise UserError(
                 "--resume continues a run with its saved config; drop the other options and overrides"
             )
         return load_run_config(Path(args.resume))
-    return load_config(args.preset, args.config, args.overrides, flags)
+    config = load_config(args.preset, args.config, args.overrides, flags)
+    if own["data.labelled"] or own["data.unlabelled"]:  # a preset's benchmark source gives way
+        config = replace(config, data=replace(config.data, source=None))
+    return config
 
 
-def _datasets(config):
-    from simclrv2 import build
+def _run_data(config):
+    from simclrv2.run_data import load_run_data
 
-    return build.dataset(config.data, "train"), build.dataset(config.data, config.data.test_split)
+    return load_run_data(config.data)
 
 
-def _labelled(spec: str, train, seed: int):
+def _labelled(spec: str, data, seed: int):
     from simclrv2.data import labelled_indices
 
-    return train.subset(labelled_indices(train, spec, seed))
+    train = data.labelled()
+    return train.subset(labelled_indices(train, spec, seed, data.labelled_count))
 
 
 def _inputs(args: argparse.Namespace, **given) -> dict:
@@ -56,13 +71,16 @@ def _inputs(args: argparse.Namespace, **given) -> dict:
 
 
 @contextlib.contextmanager
-def _run(args: argparse.Namespace, config, command: str, inputs: dict | None = None):
+def _run(args: argparse.Namespace, config, command: str, data, inputs: dict | None = None):
     """The run of a training command (:func:`simclrv2.run.open_run`), its directory remembered
-    for the resume hint."""
+    for the resume hint, its validation split saved there as a file list."""
+    from simclrv2 import distributed
     from simclrv2.run import open_run
 
     with open_run(command, config, args.out, args.resume, inputs) as run:
         args.run_directory = run.directory
+        if distributed.rank() == 0:
+            data.save_validation_list(run.directory)
         yield run
 
 
@@ -78,13 +96,20 @@ def show_config(args: argparse.Namespace) -> None:
     print(_config(args).to_yaml(), end="")
 
 
+def _headline(metrics: dict) -> str:
+    """Scores on the split they report, as JSON (``results.json`` holds the rest)."""
+    from simclrv2.scores import headline
+
+    return json.dumps(headline(metrics), indent=2)
+
+
 def _print_outcome(metrics: dict, directory: Path) -> None:
-    """A stage's metrics (less the confusion matrix) and where its model is; rank 0 alone prints
-    under torchrun, where every process computes them."""
+    """A stage's headline scores and where its model is; rank 0 alone prints under torchrun,
+    where every process computes them."""
     from simclrv2 import distributed
 
     if distributed.rank() == 0:
-        print(json.dumps({k: v for k, v in metrics.items() if k != "confusion"}, indent=2))
+        print(_headline(metrics))
         print(f"model: {directory / 'model'}")
 
 
@@ -95,9 +120,10 @@ def pipeline(args: argparse.Namespace) -> None:
     from simclrv2.tables import format_table
 
     config = _config(args)
-    train, test = _datasets(config)
-    with _run(args, config, "pipeline") as run:
-        rows = run_pipeline(config, run, train, test)
+    inputs = _inputs(args, labels=args.labels)
+    data = _run_data(config)
+    with _run(args, config, "pipeline", data, inputs) as run:
+        rows = run_pipeline(config, run, data, inputs.get("labels"))
     if distributed.rank() == 0:
         final, _ = final_model(run.directory)
         print(format_table(rows, TABLE_COLUMNS))
@@ -113,10 +139,12 @@ def pretrain(args: argparse.Namespace) -> None:
 
     config = _config(args)
     inputs = {k: v for k, v in _inputs(args, init=args.init).items() if v is not None}
-    train, test = _datasets(config)
+    data = _run_data(config)
     init = load_exported(inputs["init"]) if inputs.get("init") else None
-    with _run(args, config, "pretrain", inputs) as run:
-        result = stage.pretrain(config, run.directory, train, test, run.runtime, init)
+    with _run(args, config, "pretrain", data, inputs) as run:
+        result = stage.pretrain(
+            config, run.directory, data.pool, data.evaluation, run.runtime, init
+        )
     _print_outcome(result.metrics, run.directory)
 
 
@@ -126,12 +154,12 @@ def finetune(args: argparse.Namespace) -> None:
 
     config = _config(args)
     inputs = _inputs(args, init=args.init, labels=args.labels)
-    inputs["labels"] = inputs.get("labels") or DEFAULT_LABELS
-    train, test = _datasets(config)
-    labelled = _labelled(inputs["labels"], train, config.finetune.label_seed)
+    data = _run_data(config)
+    inputs["labels"] = inputs.get("labels") or data.default_labels
+    labelled = _labelled(inputs["labels"], data, config.finetune.label_seed)
     init = load_exported(inputs["init"]) if inputs.get("init") else None
-    with _run(args, config, "finetune" if init else "supervised", inputs) as run:
-        result = stage.finetune(config, run.directory, labelled, test, run.runtime, init)
+    with _run(args, config, "finetune" if init else "supervised", data, inputs) as run:
+        result = stage.finetune(config, run.directory, labelled, data.evaluation, run.runtime, init)
     _print_outcome(result.metrics, run.directory)
 
 
@@ -143,12 +171,14 @@ def distill(args: argparse.Namespace) -> None:
     inputs = _inputs(args, teacher=args.teacher, labels=args.labels)
     if not inputs.get("teacher"):
         raise UserError("distill needs --teacher MODEL: a fine-tuned model's directory")
-    train, test = _datasets(config)
+    data = _run_data(config)
     labels = inputs.get("labels")
-    labelled = _labelled(labels, train, config.finetune.label_seed) if labels else None
+    labelled = _labelled(labels, data, config.finetune.label_seed) if labels else None
     teacher = load_exported(inputs["teacher"]).classifier_model()
-    with _run(args, config, "distill", inputs) as run:
-        result = stage.distill(config, run.directory, train, labelled, test, run.runtime, teacher)
+    with _run(args, config, "distill", data, inputs) as run:
+        result = stage.distill(
+            config, run.directory, data.pool, labelled, data.evaluation, run.runtime, teacher
+        )
     _print_outcome(result.metrics, run.directory)
 
 
@@ -161,10 +191,11 @@ def evaluate(args: argparse.Namespace) -> None:
     setup_logging(None)
     config = _config(args)
     exported = load_exported(args.init)
-    train, test = _datasets(config)
+    data = _run_data(config)
     evaluate = linear_eval if args.command == "linear" else knn_eval
-    results = evaluate(config, exported, train, test, resolve_runtime(config.runtime))
-    print(json.dumps(results, indent=2))
+    runtime = resolve_runtime(config.runtime)
+    results = evaluate(config, exported, data.labelled(), data.evaluation, runtime)
+    print(_headline(results))
 
 
 def embed(args: argparse.Namespace) -> None:
@@ -250,12 +281,13 @@ def suggest_labels(args: argparse.Namespace) -> None:
     exported = load_exported(args.model)
     pool = build.dataset(config.data, args.split)
     labelled = torch.empty(0, dtype=torch.int64)
-    if args.labelled:
-        if not Path(args.labelled).is_file():
+    if args.already_labelled:
+        if not Path(args.already_labelled).is_file():
             raise UserError(
-                f"--labelled {args.labelled} is not a file; give an index file or a list of file names"
+                f"--labelled {args.already_labelled} is not a file; give an index file or a list "
+                "of file names"
             )
-        labelled = indices_from_file(pool, args.labelled)
+        labelled = indices_from_file(pool, args.already_labelled)
     runtime = resolve_runtime(config.runtime)
     picks = curation.suggest_labels(
         exported, pool, runtime, args.n, labelled, args.seed, args.method

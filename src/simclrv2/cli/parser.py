@@ -54,6 +54,27 @@ def _add_config_options(parser: argparse.ArgumentParser, runs: bool = True) -> N
     )
 
 
+def _add_data_roles(parser: argparse.ArgumentParser) -> None:
+    """Your own images by role (README, "Your own images"), instead of --data's benchmark."""
+    parser.add_argument(
+        "--labelled",
+        metavar="SOURCE",
+        help="your labelled images: class folders or a CSV of path,label (instead of --data)",
+    )
+    parser.add_argument(
+        "--unlabelled",
+        metavar="SOURCE",
+        action="append",
+        help="a pool of unlabelled images (any source; its labels are never read); repeatable",
+    )
+    parser.add_argument(
+        "--test",
+        metavar="SOURCE",
+        help="a labelled test set: reported, never used to choose (default: none; validation is "
+        "held out from the labelled images)",
+    )
+
+
 def _add_chunk_size(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--chunk-size",
@@ -75,7 +96,15 @@ def build_parser() -> argparse.ArgumentParser:
         "pipeline",
         help="pretrain, fine-tune (1%% and 10%%), supervised baseline, distil: one table",
     )
+    pipeline.add_argument(
+        "--labels",
+        action="append",
+        metavar="SPEC",
+        help="label spec to fine-tune on (all, 1%%, 25-per-class, a file); repeatable; default: "
+        "finetune.label_fractions with --data, all with --labelled",
+    )
     _add_config_options(pipeline)
+    _add_data_roles(pipeline)
     _add_chunk_size(pipeline)
     pipeline.set_defaults(run=commands.pipeline)
 
@@ -88,6 +117,7 @@ def build_parser() -> argparse.ArgumentParser:
         "where it has the configured shape; omit to start from random weights",
     )
     _add_config_options(pretrain)
+    _add_data_roles(pretrain)
     _add_chunk_size(pretrain)
     pretrain.set_defaults(run=commands.pretrain)
 
@@ -100,9 +130,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     finetune.add_argument(
         "--labels",
-        help="0.01 or 1%%, 25-per-class, or a file (index file or file names); default 1%%",
+        help="all, 0.01 or 1%%, 25-per-class, or a file (index file or file names); default 1%% "
+        "with --data, all with --labelled",
     )
     _add_config_options(finetune)
+    _add_data_roles(finetune)
     finetune.set_defaults(run=commands.finetune)
 
     distill = subcommands.add_parser(
@@ -115,6 +147,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--labels", help="labelled subset for the (1 - distill.alpha) cross-entropy term"
     )
     _add_config_options(distill)
+    _add_data_roles(distill)
     distill.set_defaults(run=commands.distill)
 
     for name, text in (
@@ -124,6 +157,7 @@ def build_parser() -> argparse.ArgumentParser:
         evaluate = subcommands.add_parser(name, help=text)
         evaluate.add_argument("--init", required=True, help="exported or converted model directory")
         _add_config_options(evaluate, runs=False)
+        _add_data_roles(evaluate)
         evaluate.set_defaults(run=commands.evaluate)
 
     embed = subcommands.add_parser(
@@ -199,7 +233,10 @@ def build_parser() -> argparse.ArgumentParser:
         "--out", required=True, metavar="FILE", help="file list to write (names, else indices)"
     )
     suggest.add_argument(
-        "--labelled", metavar="LIST", help="images already labelled: an index file or file names"
+        "--labelled",
+        dest="already_labelled",
+        metavar="LIST",
+        help="images already labelled: an index file or file names",
     )
     suggest.add_argument(
         "--method",
@@ -223,6 +260,7 @@ def build_parser() -> argparse.ArgumentParser:
         "config", help="print the resolved config (preset, file, overrides) as YAML"
     )
     _add_config_options(show, runs=False)
+    _add_data_roles(show)
     show.set_defaults(run=commands.show_config)
 
     models = subcommands.add_parser(

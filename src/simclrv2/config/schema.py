@@ -77,9 +77,21 @@ class ModelConfig:
 
 @dataclass
 class DataConfig:
+    """The images of a run (README, "Your own images"): either ``source``, the benchmark protocol
+    (a labelled data set whose labels are hidden but for the label fractions), or your own
+    ``labelled`` and ``unlabelled`` images; ``test`` optional in both."""
+
     source: str | None = None  # None = the embedded Fashion-MNIST subset; else a path (README)
+    labelled: str | None = None  # your labelled images: class folders or a path,label CSV
+    unlabelled: list[str] = field(default_factory=list)  # your unlabelled pools; labels unread
+    test: str | None = None  # a test set: reported, never used to choose
+    test_split: str = "test"  # the split of ``source`` that is its test set, when it has one
+    # the split of ``source`` added to the pool without labels, when it has one (STL-10's 100,000)
+    unlabelled_split: str | None = "unlabeled"
+    # share of each class's labelled images held out for validation (>= 1 each); 0 = none
+    validation_fraction: float = within(0, 1, 0.1, high_open=True)
+    validation_seed: int = 0  # seed of the validation hold-out
     image_size: int | None = at_least(8, None)  # training side in px; None = the data's own
-    test_split: str = "test"  # held-out split for the kNN monitor and every evaluation
     cache_dir: str | None = None  # on-disk uint8 cache for decoded image folders
     num_workers: int = at_least(0, 2)  # decoding processes for image folders; 0 = one per CPU
     strict: bool = False  # a corrupt image is an error (else skipped with a warning and a count)
@@ -146,6 +158,8 @@ class FinetuneConfig(TrainingConfig):
     # SimCLRv2 Sec. 3: no weight decay, no warm-up, lr 0.005*sqrt(B), batch 1024, 60/30 epochs.
     label_fractions: list[float] = within(0, 1, [0.01, 0.1], low_open=True)
     label_seed: int = 0  # seed of the class-balanced label subsets
+    # repeat the images of smaller classes so each epoch sees every class equally often
+    balanced_sampling: bool = False
     epochs: int = positive(60)
     batch_size: int = positive(1024)
     base_lr: float = at_least(0, 0.005)
@@ -177,7 +191,8 @@ class DistillConfig(TrainingConfig):
 @dataclass
 class LinearEvalConfig:
     method: Literal["lbfgs", "sgd"] = "lbfgs"  # L-BFGS logistic regression on cached h, or SGD
-    l2: float = at_least(0, 1e-4)  # L2 penalty of the logistic regression (lbfgs)
+    # L2 penalties of the logistic regression (lbfgs): the best on validation is kept
+    l2: list[float] = at_least(0, [1e-5, 1e-4, 1e-3])
     epochs: int = positive(90)  # SGD on cached features (SimCLR: 90 epochs, Nesterov, no decay)
     batch_size: int = positive(4096)
     base_lr: float = at_least(0, 0.1)

@@ -8,6 +8,7 @@ during an epoch; augmentation turns the uint8 batch into floats afterwards.
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Sequence
 
 import torch
@@ -106,6 +107,15 @@ class ImageDataset(Dataset):
         names = None if self.names is None else [self.names[i] for i in indices.tolist()]
         return ImageDataset(self.images[indices], self.labels[indices], self.classes, names)
 
+    def without_labels(self) -> ImageDataset:
+        """The same images, every label -1 (the classes kept, for reference)."""
+        return ImageDataset(self.images, None, self.classes, self.names, self.skipped)
+
+    def content_hashes(self) -> list[str]:
+        """A SHA-1 of each image's decoded pixels (hex): equal images, equal hashes."""
+        flat = self.images.reshape(len(self), -1)
+        return [hashlib.sha1(row.contiguous().numpy().tobytes()).hexdigest() for row in flat]
+
     def to_rgb(self) -> ImageDataset:
         """Greyscale repeated into 3 equal channels, as a view (no copy); RGB data is returned."""
         if self.channels == 3:
@@ -167,6 +177,26 @@ class ImageDataset(Dataset):
             chunk = F.interpolate(chunk, size=(size, size), mode="bicubic", antialias=True)
             out[start : start + RESIZE_CHUNK] = chunk.round_().clamp_(0, 255).to(torch.uint8)
         return ImageDataset(out, self.labels, self.classes, self.names)
+
+
+def concatenate(parts: Sequence[ImageDataset], classes: Sequence[str]) -> ImageDataset:
+    """The images of ``parts`` one after the other, in memory, labelled as each part is (their
+    label values must name ``classes``). Parts of one size; if any is RGB, grey parts are repeated
+    into 3 channels (the mixed-folder rule). Names are kept when every part has them."""
+    if len({part.image_size for part in parts}) > 1:
+        raise ValueError("concatenated data sets must share one image size")
+    rgb = any(part.channels == 3 for part in parts)
+    parts = [part.to_rgb() if rgb else part for part in parts]
+    names = None
+    if all(part.names is not None for part in parts):
+        names = [name for part in parts for name in part.names]
+    return ImageDataset(
+        torch.cat([part.images for part in parts]),
+        torch.cat([part.labels for part in parts]),
+        classes,
+        names,
+        [entry for part in parts for entry in part.skipped],
+    )
 
 
 def check_split(split: str, valid: Sequence[str], source: object) -> None:

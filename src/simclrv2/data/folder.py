@@ -54,8 +54,8 @@ def _images_under(directory: Path, recursive: bool) -> list[Path]:
     )
 
 
-def split_root(path: Path, split: str) -> Path:
-    """The folder that holds ``split``: ``path/<split folder>``, or ``path`` itself for "train"
+def folder_splits(path: Path) -> dict[str, Path]:
+    """The splits an image folder holds: split name -> its sub-folder, or ``{"train": path}``
     when it has no split sub-folders."""
     if not path.is_dir():
         raise UserError(f"{path} is not a folder; an image folder holds images or class folders")
@@ -64,8 +64,13 @@ def split_root(path: Path, split: str) -> Path:
         for name, folders in SPLIT_FOLDERS.items()
         if any((path / f).is_dir() for f in folders)
     }
-    if not present:
-        present = {"train": path}
+    return present or {"train": path}
+
+
+def split_root(path: Path, split: str) -> Path:
+    """The folder that holds ``split``: ``path/<split folder>``, or ``path`` itself for "train"
+    when it has no split sub-folders."""
+    present = folder_splits(path)
     check_split(split, tuple(present), path)
     return present[split]
 
@@ -75,6 +80,12 @@ def list_images(root: Path) -> tuple[list[Path], list[int], list[str]]:
     classes = sorted(p.name for p in root.iterdir() if p.is_dir() and _visible(p))
     if classes:
         per_class = [_images_under(root / name, recursive=True) for name in classes]
+        empty = [name for name, group in zip(classes, per_class) if not group]
+        if empty:
+            raise UserError(
+                f"{root / empty[0]}: the class folder holds no images ({len(empty)} of "
+                f"{len(classes)} class folders are empty); add images or remove the folder"
+            )
         files = [f for group in per_class for f in group]
         labels = [k for k, group in enumerate(per_class) for _ in group]
     else:
@@ -151,15 +162,19 @@ def _default_size(root: Path, files: list[Path]) -> int:
                 return min(DEFAULT_MAX_SIZE, *image.size)
         except Exception:  # unreadable: the decoding pass reports it
             continue
-    raise UserError(f"{root}: none of the {len(files)} images can be read")
+    raise UserError(
+        f"{root}: none of the {len(files)} images can be read; check that these are image files"
+    )
 
 
-def _cache_stem(root: Path, files: list[Path], size: int) -> str:
-    """``<folder>-<size>px-<key>``; the key hashes ``size`` and every file's name, bytes, mtime."""
+def _cache_stem(root: Path, files: list[Path], labels: list[int], size: int) -> str:
+    """``<folder>-<size>px-<key>``; the key hashes ``size`` and every file's name, bytes, mtime
+    and label."""
     digest = hashlib.sha256(f"{CACHE_VERSION} {root.resolve()} {size}".encode())
-    for path in files:
+    for path, label in zip(files, labels):
         stat = path.stat()
-        digest.update(f"\n{path.relative_to(root)} {stat.st_size} {stat.st_mtime_ns}".encode())
+        name = os.path.relpath(path, root)
+        digest.update(f"\n{name} {stat.st_size} {stat.st_mtime_ns} {label}".encode())
     return f"{root.name}-{size}px-{digest.hexdigest()[:16]}"
 
 
@@ -203,8 +218,35 @@ def read_folder(
     """
     root = split_root(path, split)
     files, labels, classes = list_images(root)
-    size = image_size or _default_size(root, files)
     names = [f.relative_to(root).as_posix() for f in files]
+    return read_images(
+        root,
+        files,
+        labels,
+        classes,
+        names,
+        image_size=image_size,
+        strict=strict,
+        cache_dir=cache_dir,
+        workers=workers,
+    )
+
+
+def read_images(
+    root: Path,
+    files: list[Path],
+    labels: list[int],
+    classes: list[str],
+    names: list[str],
+    *,
+    image_size: int | None = None,
+    strict: bool = False,
+    cache_dir: str | os.PathLike | None = None,
+    workers: int | None = None,
+) -> ImageDataset:
+    """``files`` (their ``labels`` of ``classes``, their ``names``), decoded as
+    :func:`read_folder` says; a class left without a decodable image is an error."""
+    size = image_size or _default_size(root, files)
     workers = workers or os.cpu_count() or 1
     if cache_dir is None:
         images = np.empty((len(files), 3, size, size), np.uint8)
@@ -212,7 +254,7 @@ def read_folder(
         images = images[: len(files) - len(skipped)]
         listing = _listing(labels, classes, names, skipped)
     else:
-        stem = _cache_stem(root, files, size)
+        stem = _cache_stem(root, files, labels, size)
         npy, meta = Path(cache_dir) / f"{stem}.npy", Path(cache_dir) / f"{stem}.json"
         if not (meta.is_file() and npy.is_file()):  # .json written last: the .npy is complete
             skipped = _decode_to_cache(npy, files, size, workers, strict)
@@ -223,7 +265,8 @@ def read_folder(
         name, problem = listing["skipped"][0]
         if not listing["names"]:
             raise UserError(
-                f"{root}: none of the {len(files)} images can be decoded (first: {name}: {problem})"
+                f"{root}: none of the {len(files)} images can be decoded (first: {name}: {problem}); "
+                "check that these are image files"
             )
         if strict:
             raise _undecodable(root / name, problem)
@@ -231,6 +274,12 @@ def read_folder(
             f"{root}: skipped {len(listing['skipped'])} images that cannot be decoded "
             f"(first: {name}: {problem}); load with strict to stop on them",
             stacklevel=2,
+        )
+    kept = np.bincount(np.asarray(listing["labels"], np.int64) + 1, minlength=len(classes) + 1)
+    if classes and (kept[1:] == 0).any():
+        lost = classes[int(np.argmin(kept[1:]))]
+        raise UserError(
+            f"{root}: class {lost!r} has no decodable image; add readable images of it or remove it"
         )
     return ImageDataset(
         torch.from_numpy(images),

@@ -170,6 +170,14 @@ def idx_directory(path: Path) -> Path | None:
     return None
 
 
+def idx_splits(path: Path) -> tuple[str, ...]:
+    """The splits whose images file the IDX folder at ``path`` holds."""
+    directory = idx_directory(path)
+    if directory is None:
+        return ()
+    return tuple(s for s in SPLIT_STEMS if _split_file(directory, s, "images"))
+
+
 def _classes_for(path: Path) -> tuple[str, ...]:
     """Class names guessed from the folder's path (Fashion-MNIST, KMNIST); digits otherwise."""
     where = str(path.resolve()).lower()

@@ -1,8 +1,11 @@
-"""Label fractions: which images keep their labels for fine-tuning (SimCLRv2's 1% and 10% subsets).
+"""Which labelled images train and which validate: label fractions (SimCLRv2's 1% and 10%
+subsets) and the stratified validation hold-out.
 
-:func:`labelled_indices` reads every form a user writes (``--labels``); three ways underneath: a class-balanced seeded draw (by fraction or by count per class), an
-index file saved by a previous run, or a list of file names in the shape of the authors' ImageNet
+:func:`labelled_indices` reads every form a user writes (``--labels``): every labelled image
+(``all``), a class-balanced seeded draw (by fraction or by count per class), an index file saved
+by a previous run, or a list of file names in the shape of the authors' ImageNet
 ``1percent.txt`` / ``10percent.txt`` (one name per line, e.g. ``n01558993_4148.JPEG``).
+:func:`stratified_holdout` sets a validation split aside before any of these are drawn.
 """
 
 from __future__ import annotations
@@ -19,14 +22,53 @@ from simclrv2.data.dataset import ImageDataset
 from simclrv2.errors import UserError
 
 
+def _by_class_in_random_order(labels: Tensor, seed: int) -> tuple[Tensor, Tensor]:
+    """(indices of the labelled images sorted by class, in a seeded random order within each
+    class; each one's rank within its class)."""
+    order = torch.randperm(len(labels), generator=torch.Generator().manual_seed(seed))
+    order = order[labels[order] >= 0]
+    by_class = order[torch.sort(labels[order], stable=True).indices]
+    sorted_labels = labels[by_class]
+    return by_class, torch.arange(len(by_class)) - torch.searchsorted(sorted_labels, sorted_labels)
+
+
+def stratified_holdout(
+    labels: Tensor, fraction: float, seed: int, classes: list[str]
+) -> tuple[Tensor, Tensor]:
+    """(kept, held out): ascending indices of the labelled images split per class, the held-out
+    share of each class ``max(1, round(fraction * count))`` images drawn with ``seed``, and at
+    least one image of each class kept. ``fraction`` 0 holds nothing out."""
+    labelled = (labels >= 0).nonzero().squeeze(1)
+    if fraction == 0:
+        return labelled, labelled[:0]
+    counts = torch.bincount(labels[labels >= 0], minlength=len(classes))
+    if (counts < 2).any():
+        short = int(counts.argmin())
+        raise UserError(
+            f"class {classes[short]!r} has {int(counts[short])} labelled images, too few to hold "
+            "one out for validation and train on another; label more, or set "
+            "data.validation_fraction=0"
+        )
+    held_per_class = (fraction * counts).round().long().clamp(min=1).minimum(counts - 1)
+    by_class, rank = _by_class_in_random_order(labels, seed)
+    held = rank < held_per_class[labels[by_class]]
+    return by_class[~held].sort().values, by_class[held].sort().values
+
+
 def class_balanced_indices(
-    labels: Tensor, *, fraction: float | None = None, per_class: int | None = None, seed: int
+    labels: Tensor,
+    *,
+    fraction: float | None = None,
+    per_class: int | None = None,
+    seed: int,
+    of: int | None = None,
 ) -> Tensor:
     """Ascending indices of a seeded subset holding the same number of images of every class.
 
-    Either ``per_class`` images of each class, or ``fraction`` of the labelled images shared
-    equally between the classes: ``round(fraction * labelled / classes)`` each (1% of the 60,000
-    Fashion-MNIST train images is 60 per class). Unlabelled images (-1) are never picked. Every
+    Either ``per_class`` images of each class, or ``fraction`` of ``of`` images (default: the
+    labelled ones) shared equally between the classes: ``round(fraction * of / classes)`` each
+    (1% of the 60,000 Fashion-MNIST train images is 60 per class). Unlabelled images (-1) are
+    never picked. Every
     subset is the head of each class in one seeded permutation, so for one seed a smaller subset
     lies inside a larger one (the 1% inside the 10%).
     """
@@ -39,7 +81,7 @@ def class_balanced_indices(
     if fraction is not None:
         if not 0 < fraction <= 1:
             raise UserError(f"label fraction must be in (0, 1], got {fraction}")
-        per_class = round(fraction * int(counts.sum()) / len(classes))
+        per_class = round(fraction * (of or int(counts.sum())) / len(classes))
         if per_class == 0:
             raise UserError(
                 f"a label fraction of {fraction} is less than one image per class; ask for more"
@@ -52,24 +94,40 @@ def class_balanced_indices(
             f"class {int(classes[short])} has only {int(counts[short])} labelled images, fewer "
             f"than the {per_class} per class asked for; ask for fewer"
         )
-    order = torch.randperm(len(labels), generator=torch.Generator().manual_seed(seed))
-    order = order[labelled[order]]
-    by_class = order[torch.sort(labels[order], stable=True).indices]  # random order within a class
-    sorted_labels = labels[by_class]
-    rank = torch.arange(len(by_class)) - torch.searchsorted(sorted_labels, sorted_labels)
+    by_class, rank = _by_class_in_random_order(labels, seed)
     return by_class[rank < per_class].sort().values
 
 
+def balanced_oversample(labels: Tensor, seed: int) -> Tensor:
+    """Indices that repeat each class's labelled images up to the largest class's count: whole
+    copies, then a seeded draw without replacement for the rest, so every class is seen equally
+    often in an epoch (class-balanced sampling of uneven labels)."""
+    by_class, _ = _by_class_in_random_order(labels, seed)
+    counts = torch.bincount(labels[by_class])
+    largest = int(counts.max())
+    picks = []
+    for k in counts.nonzero().squeeze(1).tolist():
+        members = by_class[labels[by_class] == k]  # in random order
+        picks.append(members[torch.arange(largest) % len(members)])
+    return torch.cat(picks)
+
+
 PER_CLASS = "-per-class"
+ALL = "all"
 
 
-def labelled_indices(dataset: ImageDataset, spec: str | float, seed: int) -> Tensor:
-    """The indices a label spec names: a fraction (0.01 or "1%") or a count per class
+def labelled_indices(
+    dataset: ImageDataset, spec: str | float, seed: int, of: int | None = None
+) -> Tensor:
+    """The indices a label spec names: every labelled image ("all", uneven classes as they are);
+    a fraction (0.01 or "1%", of ``of`` images, default the labelled ones) or a count per class
     ("25-per-class"), drawn class-balanced with ``seed``; or a file, either an index file that
     :func:`save_indices` wrote or a list of file names (the authors' ImageNet subsets)."""
     if not isinstance(spec, str):
-        return class_balanced_indices(dataset.labels, fraction=spec, seed=seed)
+        return class_balanced_indices(dataset.labels, fraction=spec, seed=seed, of=of)
     text = spec.strip()
+    if text == ALL:
+        return (dataset.labels >= 0).nonzero().squeeze(1)
     count = text.removesuffix(PER_CLASS)
     if text.endswith(PER_CLASS) and count.isdigit():
         return class_balanced_indices(dataset.labels, per_class=int(count), seed=seed)
@@ -78,13 +136,13 @@ def labelled_indices(dataset: ImageDataset, spec: str | float, seed: int) -> Ten
     except ValueError:
         if not Path(text).is_file():
             raise UserError(
-                f"--labels {text!r} is neither a fraction (0.01, 1%), a count (25{PER_CLASS}) "
-                "nor an existing file"
+                f"--labels {text!r} is neither {ALL}, a fraction (0.01, 1%), a count "
+                f"(25{PER_CLASS}) nor an existing file"
             ) from None
         return indices_from_file(dataset, text)
     if not 0 < fraction <= 1:
         raise UserError(f"--labels {text!r} must be a fraction in (0, 1], e.g. 0.01 or 1%")
-    return class_balanced_indices(dataset.labels, fraction=fraction, seed=seed)
+    return class_balanced_indices(dataset.labels, fraction=fraction, seed=seed, of=of)
 
 
 def indices_from_file(dataset: ImageDataset, path: str | os.PathLike) -> Tensor:

@@ -31,6 +31,12 @@ def stl10_directory(path: Path) -> Path | None:
     return None
 
 
+def stl10_splits(path: Path) -> tuple[str, ...]:
+    """The splits whose ``*_X.bin`` the STL-10 folder at ``path`` holds."""
+    directory = stl10_directory(path)
+    return tuple(s for s in SPLITS if directory and (directory / f"{s}_X.bin").is_file())
+
+
 def _file(directory: Path, name: str) -> Path:
     path = directory / name
     if not path.is_file():

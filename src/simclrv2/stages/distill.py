@@ -20,7 +20,7 @@ from simclrv2 import build
 from simclrv2.augment import crop_flip
 from simclrv2.config import Config
 from simclrv2.data import ImageDataset
-from simclrv2.evaluation import classifier_accuracy
+from simclrv2.evaluation import classifier_scores, top1_summary
 from simclrv2.export import ExportedModel, match_channels
 from simclrv2.losses import distillation_loss
 from simclrv2.models import Classifier, LinearClassifier, arch_name
@@ -33,15 +33,18 @@ def distill(
     directory: Path,
     unlabelled: ImageDataset,
     labelled: ImageDataset | None,
-    test: ImageDataset,
+    evaluation: dict[str, ImageDataset],
     runtime: Runtime,
     teacher: Classifier,
 ) -> StageResult:
-    """Train a student on ``unlabelled`` to match ``teacher`` (and on ``labelled`` when
-    ``distill.alpha`` < 1); evaluate it on ``test``."""
+    """Train a student on ``unlabelled`` (every image; labels unread) to match ``teacher`` (and
+    on ``labelled`` when ``distill.alpha`` < 1); score it on each of the ``evaluation`` splits."""
     settings = config.distill
     channels = teacher.encoder.spec.in_channels  # the student takes what the teacher takes
-    unlabelled, labelled, test = match_channels(channels, unlabelled, labelled, test)
+    unlabelled, labelled, *checked = match_channels(
+        channels, unlabelled, labelled, *evaluation.values()
+    )
+    evaluation = dict(zip(evaluation, checked))
     stage = Stage.open("distill", directory, runtime, config.runtime.seed)
     size = unlabelled.image_size
     teacher = runtime.module(teacher).eval().requires_grad_(False)
@@ -89,16 +92,25 @@ def distill(
         epochs=settings.epochs,
         seed=config.runtime.seed,
     )
-    metrics = classifier_accuracy(student, test, runtime, size) | {"student": arch}
-    splits = {"train": unlabelled.describe(labels=False), config.data.test_split: test.describe()}
+    metrics = classifier_scores(student, evaluation, runtime, size) | {"student": arch}
+    splits = {"train": unlabelled.describe(labels=False)}
+    splits |= {n: d.describe() for n, d in evaluation.items()}
     if mix_labels:
         splits["train, labelled subset"] = labelled.describe()
     info = {
         "stage": "distill",
         "student": arch,
         "data": data_info(config, unlabelled, splits),
-        "classes": test.classes,
+        "classes": _class_names(teacher, (unlabelled, labelled, *evaluation.values())),
     }
     exported = ExportedModel(encoder, None, student.linear, 0, info)
-    summary = f"{arch} student, top-1 {metrics['top1']:.2f}%"
+    summary = f"{arch} student, {top1_summary(metrics)}"
     return stage.finish(exported, metrics, summary, config)
+
+
+def _class_names(teacher: Classifier, candidates: tuple[ImageDataset | None, ...]) -> list[str]:
+    """The names of the teacher's classes: those of the first data set with as many classes."""
+    for data in candidates:
+        if data is not None and data.num_classes == teacher.linear.out_features:
+            return data.classes
+    return []

@@ -19,7 +19,8 @@ from simclrv2 import build
 from simclrv2.augment import crop_flip
 from simclrv2.config import Config
 from simclrv2.data import ImageDataset
-from simclrv2.evaluation import classifier_accuracy
+from simclrv2.data.splits import balanced_oversample
+from simclrv2.evaluation import classifier_scores, top1_summary
 from simclrv2.export import ExportedModel, match_channels
 from simclrv2.metrics import LOG
 from simclrv2.models import Classifier, LinearClassifier
@@ -31,14 +32,18 @@ def finetune(
     config: Config,
     directory: Path,
     labelled: ImageDataset,
-    test: ImageDataset,
+    evaluation: dict[str, ImageDataset],
     runtime: Runtime,
     init: ExportedModel | None,
 ) -> StageResult:
-    """Fine-tune ``init`` (or train from scratch when None) on ``labelled``; evaluate on ``test``."""
+    """Fine-tune ``init`` (or train from scratch when None) on ``labelled``, its classes as
+    they are (or oversampled to balance, ``finetune.balanced_sampling``); score it on each of the
+    ``evaluation`` splits."""
     name = "finetune" if init is not None else "supervised"
     if init is not None:
-        labelled, test = match_channels(init.encoder.spec.in_channels, labelled, test)
+        channels = init.encoder.spec.in_channels
+        labelled, *checked = match_channels(channels, labelled, *evaluation.values())
+        evaluation = dict(zip(evaluation, checked))
     stage = Stage.open(name, directory, runtime, config.runtime.seed)
     size, classes = labelled.image_size, labelled.num_classes
     if init is None:
@@ -54,6 +59,10 @@ def finetune(
     else:
         model = Classifier.from_pretrained(encoder, projection_head, head_input, classes)
     model = runtime.module(model)
+    trained_on = labelled
+    if config.finetune.balanced_sampling:
+        seed = config.finetune.label_seed
+        trained_on = labelled.subset(balanced_oversample(labelled.labels, seed))
 
     batch_size = min(config.finetune.batch_size, len(labelled))  # 1% can be under one batch
     # fine-tuning follows the authors (head_supervised outside LARS); from scratch, it is a layer
@@ -62,7 +71,7 @@ def finetune(
         model,
         config.finetune.epochs,
         batch_size,
-        len(labelled),
+        len(trained_on),
         classifiers=(model.linear,) if init is not None else (),
     )
 
@@ -76,13 +85,14 @@ def finetune(
         {"model": model},
         optimizer,
         schedule,
-        labelled,
+        trained_on,
         batch_size=batch_size,
         epochs=config.finetune.epochs,
         seed=config.runtime.seed,
     )
-    metrics = classifier_accuracy(model, test, runtime, size) | {"labelled_images": len(labelled)}
-    splits = {"train": labelled.describe(), config.data.test_split: test.describe()}
+    metrics = classifier_scores(model, evaluation, runtime, size)
+    metrics |= {"labelled_images": len(labelled)}
+    splits = {"train": labelled.describe()} | {n: d.describe() for n, d in evaluation.items()}
     info = {
         "stage": name,
         "labels": len(labelled),
@@ -90,5 +100,5 @@ def finetune(
         "classes": labelled.classes,
     }
     exported = ExportedModel(encoder, projection_head, model.linear, head_input, info)
-    summary = f"top-1 {metrics['top1']:.2f}% with {len(labelled)} labels"
+    summary = f"{top1_summary(metrics)} with {len(labelled)} labels"
     return stage.finish(exported, metrics, summary, config)

@@ -23,13 +23,14 @@ from torch import Tensor, nn
 from simclrv2 import build, distributed
 from simclrv2.config import Config
 from simclrv2.data import ImageDataset
-from simclrv2.evaluation import extract, knn_accuracy, topk_accuracy
+from simclrv2.evaluation import extract, knn_accuracy
 from simclrv2.export import ExportedModel, match_channels
 from simclrv2.gradcache import check_chunk_size, chunked_forward
 from simclrv2.losses import labelled_cross_entropy, nt_xent
 from simclrv2.memory import EmbeddingQueue, MovingAverage
 from simclrv2.models import LinearClassifier
 from simclrv2.runtime import Runtime
+from simclrv2.scores import by_split, topk_accuracy
 from simclrv2.training import Stage, StageResult, data_info, fit
 
 
@@ -37,16 +38,19 @@ def pretrain(
     config: Config,
     directory: Path,
     train: ImageDataset,
-    test: ImageDataset | None,
+    evaluation: dict[str, ImageDataset],
     runtime: Runtime,
     init: ExportedModel | None = None,
 ) -> StageResult:
     """SimCLR on ``train`` (its labels, if any, feed only the online classifier and the kNN bank);
-    the monitors read ``test``. From ``init``'s weights (an export) when given: continued
-    pretraining, e.g. of the authors' ImageNet model on another domain."""
+    the monitors read the ``evaluation`` splits (by role: validation, test). From ``init``'s
+    weights (an export) when given: continued pretraining, e.g. of the authors' ImageNet model on
+    another domain."""
     settings = config.pretrain
     if init is not None:
-        train, test = match_channels(init.encoder.spec.in_channels, train, test)
+        channels = init.encoder.spec.in_channels
+        train, *checked = match_channels(channels, train, *evaluation.values())
+        evaluation = dict(zip(evaluation, checked))
     stage = Stage.open("pretrain", directory, runtime, config.runtime.seed)
     model = runtime.module(build.contrastive_model(config, train, init))
     labelled = bool((train.labels >= 0).any())
@@ -96,18 +100,21 @@ def pretrain(
             values |= {"loss": contrastive + supervised, "online_loss": supervised.detach()}
         return values
 
-    def monitor(epoch: int) -> dict[str, float]:
-        if test is None or not labelled:
+    def monitor(splits: dict[str, ImageDataset]) -> dict[str, dict[str, float]]:
+        if not labelled or not splits:
             return {}
         knn = config.knn
         return evaluate_representation(
-            model.encoder, online, train, test, runtime, size, knn.k, knn.temperature
+            model.encoder, online, train, splits, runtime, size, knn.k, knn.temperature
         )
 
     def monitor_during(epoch: int) -> dict[str, float]:
         """The monitors every ``knn_every`` epochs; the last epoch's run once, after training."""
         every = settings.knn_every
-        return monitor(epoch) if every and epoch % every == 0 and epoch < settings.epochs else {}
+        if not (every and epoch % every == 0 and epoch < settings.epochs and evaluation):
+            return {}
+        first = next(iter(evaluation))
+        return monitor({first: evaluation[first]}).get(first, {})
 
     saved = dict(trained.items())  # what checkpoints hold
     if queue is not None:
@@ -126,11 +133,11 @@ def pretrain(
             end_of_epoch=monitor_during,
             checkpoint_every=settings.checkpoint_every,
         )
-    metrics = monitor(settings.epochs)
-    stage.metrics.write(position.step, settings.epochs, metrics)
-    splits = {"train": train.describe()}
-    if test is not None:
-        splits[config.data.test_split] = test.describe()
+    per_split = monitor(evaluation)
+    if per_split:  # the curve's last point: the split monitored during training
+        stage.metrics.write(position.step, settings.epochs, next(iter(per_split.values())))
+    metrics = by_split(per_split)
+    splits = {"train": train.describe()} | {n: d.describe() for n, d in evaluation.items()}
     info = {
         "stage": "pretrain",
         "preset": config.preset,
@@ -138,7 +145,8 @@ def pretrain(
         "classes": train.classes,
     }
     exported = ExportedModel(model.encoder, model.projection_head, online, head_input=0, info=info)
-    summary = ", ".join(f"{k} {v:.2f}" for k, v in metrics.items()) or "done"
+    reported = per_split.get(metrics.get("split"), {})
+    summary = ", ".join(f"{k} {v:.2f}" for k, v in reported.items()) or "done"
     return stage.finish(exported, metrics, summary, config)
 
 
@@ -146,24 +154,29 @@ def evaluate_representation(
     encoder: nn.Module,
     online: nn.Module | None,
     train: ImageDataset,
-    test: ImageDataset,
+    splits: dict[str, ImageDataset],
     runtime: Runtime,
     image_size: int,
     k: int,
     temperature: float,
-) -> dict[str, float]:
-    """kNN accuracy of h (train as the bank) and the online classifier's accuracy on ``test``."""
+) -> dict[str, dict[str, float]]:
+    """Per split: kNN accuracy of h (the labelled ``train`` images as the bank) and the online
+    classifier's accuracy, on the labelled images of each of ``splits``."""
     encoder.eval()
-    bank, bank_labels = extract(encoder, train, runtime, image_size)
-    queries, labels = extract(encoder, test, runtime, image_size)
-    known = bank_labels >= 0
-    knn = knn_accuracy(
-        bank[known], bank_labels[known], queries, labels, train.num_classes, k, temperature
-    )
-    values = {"knn_top1": knn["top1"], "knn_top5": knn["top5"]}
-    if online is not None:
-        online.eval()
-        with torch.no_grad():
-            logits = online(queries.to(runtime.device)).float().cpu()
-        values |= {f"online_linear_{name}": v for name, v in topk_accuracy(logits, labels).items()}
-    return values
+    known = (train.labels >= 0).nonzero().squeeze(1)
+    # a pool of mostly unlabelled images: extract the labelled ones alone
+    bank_data = train if 2 * len(known) > len(train) else train.subset(known)
+    bank, bank_labels = extract(encoder, bank_data, runtime, image_size)
+    bank, bank_labels = bank[bank_labels >= 0], bank_labels[bank_labels >= 0]
+    scores = {}
+    for name, data in splits.items():
+        queries, labels = extract(encoder, data, runtime, image_size)
+        knn = knn_accuracy(bank, bank_labels, queries, labels, train.num_classes, k, temperature)
+        values = {"knn_top1": knn["top1"], "knn_top5": knn["top5"]}
+        if online is not None:
+            online.eval()
+            with torch.no_grad():
+                logits = online(queries.to(runtime.device)).float().cpu()
+            values |= {f"online_linear_{n}": v for n, v in topk_accuracy(logits, labels).items()}
+        scores[name] = values
+    return scores
