@@ -46,3 +46,14 @@ def tiny_data(tmp_path_factory) -> Path:
             directory / f"{stem}-labels-idx1-ubyte", data.labels[keep].numpy().astype("uint8")
         )
     return directory
+
+
+@pytest.fixture(scope="session")
+def converted_tf(simclr_tf, tmp_path_factory) -> Path:
+    """The authors' TF1 fixture checkpoint (r50_0.125x_sk1, RGB, with its projection head and a
+    supervised head) converted to an export, as ``simclrv2 convert-tf`` writes it."""
+    from simclrv2.convert.tf_simclr import convert
+
+    out = tmp_path_factory.mktemp("converted") / "model"
+    convert(simclr_tf / "tf1" / "ckpt", out, head_input=0)
+    return out

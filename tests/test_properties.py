@@ -177,7 +177,7 @@ CONFIG_OPTIONS = ["--preset", "--config", "--data"]
 RUN_OPTIONS = [*CONFIG_OPTIONS, "--out", "--resume"]
 COMMAND_OPTIONS = {  # the options each command takes; any of them may be given to any command
     "pipeline": RUN_OPTIONS,
-    "pretrain": RUN_OPTIONS,
+    "pretrain": [*RUN_OPTIONS, "--init"],
     "finetune": [*RUN_OPTIONS, "--init", "--labels"],
     "distill": [*RUN_OPTIONS, "--teacher", "--labels"],
     "linear": [*CONFIG_OPTIONS, "--init"],

@@ -14,7 +14,9 @@ from simclrv2 import distributed
 from simclrv2.augment import SimCLRAugment
 from simclrv2.config import AugmentConfig, Config, DataConfig, ModelConfig, OptimizerConfig
 from simclrv2.data import ImageDataset, batches_per_epoch, load_dataset
-from simclrv2.models import ContrastiveModel, ProjectionHead, ResNet, build_encoder
+from simclrv2.export import ExportedModel
+from simclrv2.metrics import LOG
+from simclrv2.models import ContrastiveModel, ProjectionHead, ResNet, arch_name, build_encoder
 from simclrv2.optim import WarmupCosine, build_optimizer, scaled_learning_rate
 
 
@@ -38,22 +40,47 @@ def encoder(settings: ModelConfig, arch: str, data: ImageDataset) -> ResNet:
     )
 
 
-def contrastive_model(config: Config, data: ImageDataset) -> ContrastiveModel:
-    """The configured encoder f with its projection head g, for pretraining on ``data``."""
-    f = encoder(config.model, config.model.arch, data)
+def contrastive_model(
+    config: Config, data: ImageDataset, init: ExportedModel | None = None
+) -> ContrastiveModel:
+    """The configured encoder f with its projection head g, for pretraining on ``data``; from
+    ``init`` (continued pretraining), its encoder, and its head where it has the configured shape,
+    else a new head (the log says which)."""
     settings = config.model
+    f = init.encoder if init is not None else encoder(settings, settings.arch, data)
     g = ProjectionHead(f.out_dim, settings.head_layers, settings.head_hidden_dim, settings.proj_dim)
+    if init is None:
+        return ContrastiveModel(f, g)
+    arch, given = arch_name(f.spec), init.projection_head
+    if given is not None and _shapes(given) == _shapes(g):
+        LOG.info("pretrain: from the initial model's %s encoder and its projection head", arch)
+        return ContrastiveModel(f, given)
+    why = "it has none" if given is None else f"its head, {_layout(given)}, is not {_layout(g)}"
+    LOG.info("pretrain: from the initial model's %s encoder, a new projection head (%s)", arch, why)
     return ContrastiveModel(f, g)
 
 
+def _shapes(module: nn.Module) -> dict[str, tuple[int, ...]]:
+    return {name: tuple(t.shape) for name, t in module.state_dict().items()}
+
+
+def _layout(head: ProjectionHead) -> str:
+    return f"{head.num_layers} layers {head.in_dim} -> {head.hidden_dim} -> {head.out_dim}"
+
+
 def pretrain_augment(settings: AugmentConfig, size: int) -> SimCLRAugment:
-    """The pretraining views ``settings`` ask for, at ``size`` px."""
+    """The pretraining views ``settings`` ask for, at ``augment.size`` px, else ``size`` px."""
     return SimCLRAugment(
-        size=size,
+        size=settings.size or size,
+        crop_scale=(settings.crop_min_area, settings.crop_max_area),
+        vflip_p=settings.vflip,
+        rot90=settings.rot90,
         jitter_strength=settings.jitter_strength,
-        blur=settings.blur,
+        jitter_p=settings.jitter_p,
+        jitter_ops=tuple(settings.jitter_ops),
         brightness=settings.brightness,
-        crop_scale=(settings.crop_min_area, 1.0),
+        grayscale_p=settings.grayscale_p,
+        blur=settings.blur,
     )
 
 

@@ -29,7 +29,7 @@ from simclrv2.data import ImageDataset, save_indices, save_names
 from simclrv2.data.folder import decode_image, read_folder
 from simclrv2.errors import UserError
 from simclrv2.evaluation import extract
-from simclrv2.export import ExportedModel
+from simclrv2.export import ExportedModel, match_channels
 from simclrv2.runtime import Runtime
 from simclrv2.tables import csv_text
 from simclrv2.visualize import GAP, ORIGINALS_GAP, tile_grid
@@ -57,7 +57,7 @@ def read_queries(path: str | os.PathLike, size: int, channels: int) -> ImageData
         queries = ImageDataset(torch.tensor(image)[None], names=[path.name])
     else:
         raise UserError(f"--query {path} does not exist; give an image file or a folder of images")
-    return queries.with_channels(channels)
+    return match_channels(channels, queries)[0]
 
 
 @torch.no_grad()
@@ -195,7 +195,7 @@ def suggest_labels(
             "--method uncertain needs a model with a classifier; give a fine-tuned model "
             "(simclrv2 finetune) or use --method kcenter"
         )
-    pool = pool.with_channels(exported.encoder.spec.in_channels)
+    (pool,) = match_channels(exported.encoder.spec.in_channels, pool)
     if method == "kcenter":
         encoder = runtime.module(exported.encoder).eval()
         return kcenter_greedy(embed_normalised(encoder, pool, runtime), n, labelled, seed).cpu()
@@ -237,7 +237,7 @@ def _model_inputs(exported: ExportedModel, runtime: Runtime, *datasets: ImageDat
     """The encoder on the device, in eval mode, and each data set with the channels it takes."""
     channels = exported.encoder.spec.in_channels
     encoder = runtime.module(exported.encoder).eval()
-    return encoder, *(data.with_channels(channels) for data in datasets)
+    return encoder, *match_channels(channels, *datasets)
 
 
 def neighbours(

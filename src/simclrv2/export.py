@@ -21,7 +21,9 @@ from torch import nn
 
 from simclrv2.atomic import atomic_directory, remove_stale_staging
 from simclrv2.checkpoint import sha256
+from simclrv2.data import ImageDataset
 from simclrv2.errors import UserError, first_line
+from simclrv2.metrics import LOG
 from simclrv2.model_card import CARD, model_card
 from simclrv2.models import (
     Classifier,
@@ -67,6 +69,17 @@ class ExportedModel:
         if self.encoder.spec.cifar_stem:
             return 32, "not recorded; CIFAR's, for the CIFAR stem"
         return 224, "not recorded; ImageNet's, for the ImageNet stem"
+
+
+def match_channels(channels: int, *datasets: ImageDataset | None) -> list[ImageDataset | None]:
+    """``datasets`` (None stays None) as a network taking ``channels`` input channels reads
+    them (:meth:`ImageDataset.with_channels`: grey repeated to three channels, grey stored as RGB
+    made one, any other difference a one-line error), said once in the log when grey images are
+    repeated: where a model's channels meet data, every command goes through here."""
+    matched = [None if data is None else data.with_channels(channels) for data in datasets]
+    if any(d is not None and d.channels == 1 for d in datasets) and channels == 3:
+        LOG.info("grey images repeated to 3 channels: the model takes 3")
+    return matched
 
 
 def _architecture(model: ExportedModel) -> dict:

@@ -47,6 +47,10 @@ Semantics follow the authors' TF2 ``data_util.py`` and the TF kernels it calls:
 - Blur with probability ``blur_p``: separable Gaussian, sigma ~ U(0.1, 2.0) PER IMAGE (the
   reference's batch path draws one sigma per batch), kernel 2 * ((size // 10) // 2) + 1 taps,
   zero padding ("SAME"), then clipped. The reference's CIFAR-10 recipe turns it off.
+- Not in the reference, off by default, for images without an up or a colour that matters
+  (slides, satellite, medical images): a vertical flip with probability ``vflip_p`` (in the
+  resampling, with the horizontal one), turns by a uniform multiple of 90 degrees (``rot90``:
+  flips, then a transpose), and ``jitter_ops`` to leave some of the jitter's ops out.
 - One channel (e.g. Fashion-MNIST): brightness and contrast apply; saturation, hue and
   grayscale are identities (a gray image has no saturation or hue). The reference supports RGB
   only.

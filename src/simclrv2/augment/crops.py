@@ -174,11 +174,19 @@ def _resampling_matrix(
 
 
 @outside_autocast
-def resized_crops(images: Tensor, boxes: Tensor, size: int, flip: Tensor | None = None) -> Tensor:
-    """Crop each image to its box, flip it left-right where ``flip``, resize it to size x size.
+def resized_crops(
+    images: Tensor,
+    boxes: Tensor,
+    size: int,
+    flip: Tensor | None = None,
+    vflip: Tensor | None = None,
+) -> Tensor:
+    """Crop each image to its box, flip it left-right where ``flip`` and upside down where
+    ``vflip``, resize it to size x size.
 
-    ``images``: uint8 (N, C, H, W); ``boxes``: (N, 4) int (top, left, h, w); ``flip``: (N,) bool.
-    Returns float32 (N, C, size, size) in [0, 1]. Bicubic as TF2 (module docstring).
+    ``images``: uint8 (N, C, H, W); ``boxes``: (N, 4) int (top, left, h, w); ``flip``, ``vflip``:
+    (N,) bool. Returns float32 (N, C, size, size) in [0, 1]. Bicubic as TF2 (module docstring);
+    a flip reverses the rows of a resampling matrix, so it is exact.
     """
     check_images(images)
     n, c, height, width = images.shape
@@ -186,7 +194,7 @@ def resized_crops(images: Tensor, boxes: Tensor, size: int, flip: Tensor | None 
     # channels, with no broadcast copies: (size, H) @ (H, C*W), then (size*C, W) @ (W, size).
     x = torch.empty(n, height, c, width, device=images.device)
     x.copy_(images.permute(0, 2, 1, 3))  # the uint8 -> float32 conversion, in that layout
-    rows = _resampling_matrix(boxes[:, 0], boxes[:, 2], height, size)  # (N, size, H)
+    rows = _resampling_matrix(boxes[:, 0], boxes[:, 2], height, size, vflip)  # (N, size, H)
     cols = _resampling_matrix(boxes[:, 1], boxes[:, 3], width, size, flip)  # (N, size, W)
     x = torch.bmm(rows, x.view(n, height, c * width))  # (N, size, C*W)
     x = torch.bmm(x.view(n, size * c, width), cols.transpose(1, 2))  # (N, size*C, size)

@@ -34,6 +34,7 @@ from simclrv2.errors import UserError
 
 # float elements rendered at a time on the CPU: about 8 MB (benchmarks/RESULTS.md, augmentation)
 CPU_CHUNK_ELEMENTS = 2**21
+JITTER_OPS = ("brightness", "contrast", "saturation", "hue")  # the jitter's ops, in factor order
 
 
 @dataclass(frozen=True)
@@ -49,6 +50,8 @@ class ViewParams:
     grayscale: Tensor  # (N,) bool
     blur: Tensor  # (N,) bool
     sigma: Tensor  # (N,) float32: blur sigma in output pixels
+    vflip: Tensor  # (N,) bool: flipped upside down
+    quarter_turns: Tensor  # (N,) int64 in 0..3: turns by 90 degrees, as torch.rot90 on (H, W)
 
     def __getitem__(self, index: slice | Tensor) -> ViewParams:
         """The parameters of a subset of the images."""
@@ -62,6 +65,8 @@ class SimCLRAugment:
     ``augment(images_uint8, generator)`` returns one float view per image; the pretraining step
     calls it twice. Defaults are the reference's ImageNet recipe; its CIFAR-10 recipe is
     ``jitter_strength=0.5, blur=False`` (see :meth:`reference`). Semantics: module docstring.
+    ``vflip_p``, ``rot90`` and ``jitter_ops`` are not the paper's: invariances of other domains
+    (slides, satellite and medical images); at their defaults the views are the reference's.
     """
 
     size: int  # output side in pixels (224 ImageNet; 32 or 28 px data at its own size)
@@ -76,10 +81,14 @@ class SimCLRAugment:
     blur: bool = True  # off in the reference's CIFAR-10 recipe
     blur_p: float = 0.5
     blur_sigma: tuple[float, float] = (0.1, 2.0)  # pixels of the output
+    vflip_p: float = 0.0  # vertical flip
+    rot90: bool = False  # turn each view by 0, 90, 180 or 270 degrees, uniformly
+    jitter_ops: tuple[str, ...] = JITTER_OPS  # the jitter's ops; the others are left out
 
     def __post_init__(self) -> None:
         probabilities = {
             "flip_p": self.flip_p,
+            "vflip_p": self.vflip_p,
             "jitter_p": self.jitter_p,
             "grayscale_p": self.grayscale_p,
             "blur_p": self.blur_p,
@@ -103,6 +112,8 @@ class SimCLRAugment:
             problems.append(f"crop_sampler must be 'area' or 'tf', got {self.crop_sampler!r}")
         if self.brightness not in ("v1", "v2"):
             problems.append(f"brightness must be 'v1' or 'v2', got {self.brightness!r}")
+        if not set(self.jitter_ops) <= set(JITTER_OPS):
+            problems.append(f"jitter_ops must be among {JITTER_OPS}, got {self.jitter_ops}")
         if problems:
             raise UserError("SimCLRAugment: " + "; ".join(problems))
 
@@ -142,7 +153,11 @@ class SimCLRAugment:
         grayscale = coin(self.grayscale_p)
         blur = coin(self.blur_p) & self.blur  # drawn even when off: same stream either way
         sigma = uniform(*self.blur_sigma)
-        return ViewParams(boxes, flip, jitter, order, factors, grayscale, blur, sigma)
+        # drawn only when on, so that the reference's views keep the reference's stream
+        none = torch.zeros(n, dtype=torch.int64, device=device)
+        vflip = coin(self.vflip_p) if self.vflip_p else none.bool()
+        turns = torch.randint(4, (n,), generator=generator, device=device) if self.rot90 else none
+        return ViewParams(boxes, flip, jitter, order, factors, grayscale, blur, sigma, vflip, turns)
 
     @outside_autocast
     def apply(self, images: Tensor, params: ViewParams, subset: bool | None = None) -> Tensor:
@@ -164,11 +179,19 @@ class SimCLRAugment:
         return views
 
     def _render(self, images: Tensor, params: ViewParams, subset: bool | None) -> Tensor:
-        x = resized_crops(images, params.boxes, self.size, params.flip)
+        # a turn by k quarters is flips (k = 1: left-right, 2: both, 3: upside down), done by the
+        # resampling, then a transpose where k is odd
+        turns = params.quarter_turns
+        flip = params.flip ^ ((turns == 1) | (turns == 2))
+        x = resized_crops(images, params.boxes, self.size, flip, params.vflip ^ (turns >= 2))
+        if self.rot90:
+            x = _apply_where(x, turns % 2 == 1, _transpose, subset=subset)
         brightness = scale_brightness if self.brightness == "v2" else shift_brightness
         ops = (brightness, adjust_contrast, adjust_saturation, adjust_hue)
         for step in range(4):
             for index, op in enumerate(ops):
+                if JITTER_OPS[index] not in self.jitter_ops:
+                    continue
                 chosen = params.jitter & (params.order[:, step] == index)
                 x = _apply_where(x, chosen, op, params.factors[:, index], subset=subset)
         x = _apply_where(x, params.grayscale, to_grayscale, subset=subset)
@@ -181,6 +204,11 @@ class SimCLRAugment:
         """One augmented view of every image: uint8 (N, C, H, W) -> float32 (N, C, size, size)."""
         check_images(images)
         return self.apply(images, self.sample(len(images), *images.shape[2:], generator))
+
+
+def _transpose(x: Tensor) -> Tensor:
+    """Each image mirrored about its main diagonal: (N, C, H, W) -> (N, C, W, H)."""
+    return x.transpose(2, 3)
 
 
 def _apply_where(

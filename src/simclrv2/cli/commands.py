@@ -136,12 +136,17 @@ def pipeline(args: argparse.Namespace) -> None:
 
 
 def pretrain(args: argparse.Namespace) -> None:
+    from simclrv2.export import load_exported
     from simclrv2.stages import pretrain as stage
 
     config = _config(args)
+    inputs = {k: v for k, v in _inputs(args, init=args.init).items() if v is not None}
     data = _run_data(config)
-    with _run(args, config, "pretrain", data) as run:
-        result = stage.pretrain(config, run.directory, data.pool, data.evaluation, run.runtime)
+    init = load_exported(inputs["init"]) if inputs.get("init") else None
+    with _run(args, config, "pretrain", data, inputs) as run:
+        result = stage.pretrain(
+            config, run.directory, data.pool, data.evaluation, run.runtime, init
+        )
     _print_outcome(result.metrics, run.directory)
 
 
@@ -198,9 +203,11 @@ def evaluate(args: argparse.Namespace) -> None:
 def embed(args: argparse.Namespace) -> None:
     from simclrv2 import build
     from simclrv2.export import load_exported
+    from simclrv2.metrics import setup_logging
     from simclrv2.runtime import resolve_runtime
     from simclrv2.stages import embed as stage
 
+    setup_logging(None)
     config = _config(args)
     exported = load_exported(args.init)
     data = build.dataset(config.data, args.split)
@@ -228,8 +235,10 @@ def neighbours(args: argparse.Namespace) -> None:
 
     from simclrv2 import build, curation
     from simclrv2.export import load_exported
+    from simclrv2.metrics import setup_logging
     from simclrv2.runtime import resolve_runtime
 
+    setup_logging(None)
     if args.against and not args.duplicates:
         raise UserError("--against compares two sources for duplicates; add --duplicates")
     if Path(args.out).exists() and not Path(args.out).is_dir():
@@ -264,8 +273,10 @@ def suggest_labels(args: argparse.Namespace) -> None:
     from simclrv2 import build, curation
     from simclrv2.data import indices_from_file
     from simclrv2.export import load_exported
+    from simclrv2.metrics import setup_logging
     from simclrv2.runtime import resolve_runtime
 
+    setup_logging(None)
     if Path(args.out).is_dir():
         raise UserError(f"--out {args.out} is a folder; give the name of the file list to write")
     config = _config(args)
@@ -312,9 +323,11 @@ def predict(args: argparse.Namespace) -> None:
     from simclrv2 import build
     from simclrv2.deploy import final_model
     from simclrv2.export import load_exported
+    from simclrv2.metrics import setup_logging
     from simclrv2.runtime import resolve_runtime
     from simclrv2.stages import predict as stage
 
+    setup_logging(None)
     directory, what = final_model(args.model)
     exported = load_exported(directory)
     side, _ = exported.input_side()

@@ -113,6 +113,11 @@ def build_parser() -> argparse.ArgumentParser:
     pretrain = subcommands.add_parser(
         "pretrain", help="SimCLR pretraining without labels (kNN and online linear monitors)"
     )
+    pretrain.add_argument(
+        "--init",
+        help="exported or converted model to continue from: its encoder, and its projection head "
+        "where it has the configured shape; omit to start from random weights",
+    )
     _add_config_options(pretrain)
     _add_data_roles(pretrain)
     _add_chunk_size(pretrain)

@@ -97,12 +97,27 @@ class DataConfig:
     strict: bool = False  # a corrupt image is an error (else skipped with a warning and a count)
 
 
+JitterOp = Literal["brightness", "contrast", "saturation", "hue"]
+
+
 @dataclass
 class AugmentConfig:
+    """Pretraining views: the defaults are SimCLR's (App. A); vflip, rot90 and leaving colour
+    ops out are for images whose orientation or colour carries no meaning (README examples)."""
+
     jitter_strength: float = at_least(0, 1.0)  # s: 1.0 ImageNet, 0.5 CIFAR-10 (SimCLR App. A)
+    jitter_p: float = within(0, 1, 0.8)  # probability of colour jitter; 0 = none
+    jitter_ops: list[JitterOp] = field(
+        default_factory=lambda: ["brightness", "contrast", "saturation", "hue"]
+    )  # the jitter's ops (in a random order per image); those left out never run
+    grayscale_p: float = within(0, 1, 0.2)  # probability of random grayscale; 0 = none
     blur: bool = True  # off for 32 px CIFAR-10 in the reference
     brightness: Literal["v1", "v2"] = "v2"  # v2 multiplies, v1 adds a shift
-    crop_min_area: float = within(0, 1, 0.08, low_open=True)  # crop area U(crop_min_area, 1)
+    crop_min_area: float = within(0, 1, 0.08, low_open=True)  # crop area fraction U(min, max)
+    crop_max_area: float = within(0, 1, 1.0, low_open=True)
+    vflip: float = within(0, 1, 0.0)  # probability of a vertical flip (horizontal: 0.5)
+    rot90: bool = False  # turn each view by 0, 90, 180 or 270 degrees, uniformly
+    size: int | None = at_least(8, None)  # side of the views in px; None = data.image_size
 
 
 @dataclass
@@ -246,4 +261,10 @@ def check_ranges(config: Config) -> Config:
                         raise UserError(f"{key} holds {item}; each must be {allowed}")
             elif value not in allowed:
                 raise UserError(f"{key} must be {allowed}, got {value}")
+    crops = config.augment
+    if crops.crop_min_area > crops.crop_max_area:
+        raise UserError(
+            f"augment.crop_min_area ({crops.crop_min_area}) is above augment.crop_max_area "
+            f"({crops.crop_max_area}); lower the first or raise the second"
+        )
     return config

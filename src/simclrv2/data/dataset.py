@@ -136,13 +136,33 @@ class ImageDataset(Dataset):
             out[start : start + RESIZE_CHUNK] = chunk.round_().clamp_(0, 255).to(torch.uint8)
         return ImageDataset(out, self.labels, self.classes, self.names)
 
+    def is_grey(self) -> bool:
+        """Whether every image is grey: one channel, or channels equal pixel for pixel (grey
+        images decoded as RGB, as image folders are), read in chunks up to the first colour."""
+        if self.channels == 1:
+            return True
+        for start in range(0, len(self), RESIZE_CHUNK):
+            chunk = self.images[start : start + RESIZE_CHUNK]
+            if not (chunk == chunk[:, :1]).all():
+                return False
+        return True
+
     def with_channels(self, channels: int) -> ImageDataset:
-        """The images as ``channels`` (1 or 3) channels, for an encoder that takes that many."""
-        if channels not in (1, 3):
-            raise UserError(
-                f"the model takes {channels} input channels; it needs 1 (grey) or 3 (RGB) images"
-            )
-        return self.to_rgb() if channels == 3 else self.to_grey()
+        """The images as an encoder taking ``channels`` channels reads them: grey images
+        repeated to 3 channels for an RGB encoder, grey images stored as RGB made one channel
+        (exactly) for a grey one; any other difference is a one-line error with both counts."""
+        if channels == self.channels:
+            return self
+        if channels == 3 and self.channels == 1:
+            return self.to_rgb()
+        if channels == 1 and self.is_grey():
+            return self.to_grey()
+        kind = " (colour)" if self.channels == 3 else ""
+        raise UserError(
+            f"the images have {self.channels} channels{kind} but the model takes {channels}; "
+            f"give {channels}-channel images, or a model that takes {self.channels} channels "
+            "(one trained on such images)"
+        )
 
     def resized(self, size: int) -> ImageDataset:
         """All images resized to ``size`` px once, bicubic (the reference's filter), antialiased.

@@ -21,7 +21,7 @@ from simclrv2.augment import crop_flip
 from simclrv2.config import Config
 from simclrv2.data import ImageDataset
 from simclrv2.evaluation import classifier_scores, top1_summary
-from simclrv2.export import ExportedModel
+from simclrv2.export import ExportedModel, match_channels
 from simclrv2.losses import distillation_loss
 from simclrv2.models import Classifier, LinearClassifier, arch_name
 from simclrv2.runtime import Runtime
@@ -40,6 +40,11 @@ def distill(
     """Train a student on ``unlabelled`` (every image; labels unread) to match ``teacher`` (and
     on ``labelled`` when ``distill.alpha`` < 1); score it on each of the ``evaluation`` splits."""
     settings = config.distill
+    channels = teacher.encoder.spec.in_channels  # the student takes what the teacher takes
+    unlabelled, labelled, *checked = match_channels(
+        channels, unlabelled, labelled, *evaluation.values()
+    )
+    evaluation = dict(zip(evaluation, checked))
     stage = Stage.open("distill", directory, runtime, config.runtime.seed)
     size = unlabelled.image_size
     teacher = runtime.module(teacher).eval().requires_grad_(False)

@@ -12,7 +12,7 @@ from simclrv2.atomic import atomic_file, write_text
 from simclrv2.data import ImageDataset
 from simclrv2.errors import UserError
 from simclrv2.evaluation import extract
-from simclrv2.export import ExportedModel
+from simclrv2.export import ExportedModel, match_channels
 from simclrv2.runtime import Runtime
 
 FORMATS = (".npy", ".safetensors")
@@ -28,6 +28,7 @@ def embed(exported: ExportedModel, data: ImageDataset, runtime: Runtime, out: Pa
             f"unknown embedding format {out.suffix!r} for {out}; use a name ending in .npy or .safetensors"
         )
     out.parent.mkdir(parents=True, exist_ok=True)
+    (data,) = match_channels(exported.encoder.spec.in_channels, data)
     encoder = runtime.module(exported.encoder).eval()
     features, labels = extract(encoder, data, runtime, data.image_size)
     names = data.image_names()

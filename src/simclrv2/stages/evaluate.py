@@ -9,7 +9,7 @@ from simclrv2.config import Config
 from simclrv2.data import ImageDataset
 from simclrv2.errors import UserError
 from simclrv2.evaluation import LinearProbe, extract, fit_linear_lbfgs, fit_linear_sgd, knn_scores
-from simclrv2.export import ExportedModel
+from simclrv2.export import ExportedModel, match_channels
 from simclrv2.optim import scaled_learning_rate
 from simclrv2.runtime import Runtime
 from simclrv2.scores import VALIDATION, by_split, classification_scores
@@ -20,6 +20,7 @@ def _labelled_features(
 ) -> dict[str, tuple[Tensor, Tensor]]:
     """h and labels of the labelled images of each split (frozen encoder, evaluation crop at
     ``image_size``, the training images' size)."""
+    splits = dict(zip(splits, match_channels(exported.encoder.spec.in_channels, *splits.values())))
     encoder = runtime.module(exported.encoder).eval()
     features = {}
     for name, data in splits.items():

@@ -21,7 +21,7 @@ from simclrv2.config import Config
 from simclrv2.data import ImageDataset
 from simclrv2.data.splits import balanced_oversample
 from simclrv2.evaluation import classifier_scores, top1_summary
-from simclrv2.export import ExportedModel
+from simclrv2.export import ExportedModel, match_channels
 from simclrv2.metrics import LOG
 from simclrv2.models import Classifier, LinearClassifier
 from simclrv2.runtime import Runtime
@@ -40,6 +40,10 @@ def finetune(
     they are (or oversampled to balance, ``finetune.balanced_sampling``); score it on each of the
     ``evaluation`` splits."""
     name = "finetune" if init is not None else "supervised"
+    if init is not None:
+        channels = init.encoder.spec.in_channels
+        labelled, *checked = match_channels(channels, labelled, *evaluation.values())
+        evaluation = dict(zip(evaluation, checked))
     stage = Stage.open(name, directory, runtime, config.runtime.seed)
     size, classes = labelled.image_size, labelled.num_classes
     if init is None:

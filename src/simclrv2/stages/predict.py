@@ -15,7 +15,7 @@ import torch
 from simclrv2.atomic import write_text
 from simclrv2.augment import center_crop
 from simclrv2.data import ImageDataset, epoch_batches
-from simclrv2.export import ExportedModel
+from simclrv2.export import ExportedModel, match_channels
 from simclrv2.metrics import progress_bar
 from simclrv2.runtime import Runtime
 from simclrv2.tables import csv_text
@@ -34,7 +34,7 @@ def predict(
     model = runtime.module(exported.classifier_model()).eval()
     classes = exported.info.get("classes") or [str(c) for c in range(model.linear.out_features)]
     skipped = data.skipped
-    data = data.with_channels(exported.encoder.spec.in_channels)
+    (data,) = match_channels(exported.encoder.spec.in_channels, data)
     names = data.image_names()
     k = min(k, len(classes))
     rows, start = [], 0

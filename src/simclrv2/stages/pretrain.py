@@ -24,7 +24,7 @@ from simclrv2 import build, distributed
 from simclrv2.config import Config
 from simclrv2.data import ImageDataset
 from simclrv2.evaluation import extract, knn_scores
-from simclrv2.export import ExportedModel
+from simclrv2.export import ExportedModel, match_channels
 from simclrv2.gradcache import check_chunk_size, chunked_forward
 from simclrv2.losses import labelled_cross_entropy, nt_xent
 from simclrv2.memory import EmbeddingQueue, MovingAverage
@@ -40,12 +40,19 @@ def pretrain(
     train: ImageDataset,
     evaluation: dict[str, ImageDataset],
     runtime: Runtime,
+    init: ExportedModel | None = None,
 ) -> StageResult:
     """SimCLR on ``train`` (its labels, if any, feed only the online classifier and the kNN bank);
-    the monitors read the ``evaluation`` splits (by role: validation, test)."""
-    settings, size = config.pretrain, train.image_size
+    the monitors read the ``evaluation`` splits (by role: validation, test). From ``init``'s
+    weights (an export) when given: continued pretraining, e.g. of the authors' ImageNet model on
+    another domain."""
+    settings = config.pretrain
+    if init is not None:
+        channels = init.encoder.spec.in_channels
+        train, *checked = match_channels(channels, train, *evaluation.values())
+        evaluation = dict(zip(evaluation, checked))
     stage = Stage.open("pretrain", directory, runtime, config.runtime.seed)
-    model = runtime.module(build.contrastive_model(config, train))
+    model = runtime.module(build.contrastive_model(config, train, init))
     labelled = bool((train.labels >= 0).any())
     online = (
         runtime.module(LinearClassifier(model.encoder.out_dim, train.num_classes))
@@ -61,7 +68,8 @@ def pretrain(
         len(train),
         classifiers=(online,) if online else (),
     )
-    augment = build.pretrain_augment(config.augment, size)
+    augment = build.pretrain_augment(config.augment, train.image_size)
+    size = augment.size  # the side of the views, and of the monitors' centre crops
     chunk = settings.chunk_size
     check_chunk_size(chunk, settings.batch_size // distributed.world_size())
     encode = partial(chunked_forward, model, chunk_size=chunk) if chunk else model
