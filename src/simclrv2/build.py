@@ -91,12 +91,16 @@ def optimizer_and_schedule(
     batch_size: int,
     dataset_size: int,
     classifiers: tuple[nn.Module, ...] = (),
+    drop_last: bool = True,
+    classifier_lr: float | None = None,
 ) -> tuple[torch.optim.Optimizer, WarmupCosine]:
-    """The optimiser over ``model``'s parameter groups, and warm-up + cosine over the whole run,
-    with the learning rate scaled by the global batch size."""
+    """The optimiser over ``model``'s parameter groups, and warm-up + cosine over the whole run
+    (epochs of ``dataset_size`` images, the last short batch counted unless ``drop_last``, as
+    :func:`simclrv2.training.fit` trains them), with the learning rate scaled by the global batch
+    size; ``classifiers`` peak at ``classifier_lr`` (not scaled) when given, else at the rest's."""
     peak = scaled_learning_rate(settings.base_lr, batch_size, settings.lr_scaling)
     steps = batches_per_epoch(
-        dataset_size, batch_size, drop_last=True, world_size=distributed.world_size()
+        dataset_size, batch_size, drop_last=drop_last, world_size=distributed.world_size()
     )
     schedule = WarmupCosine.from_warmup(
         peak, epochs * steps, settings.warmup, settings.warmup_unit, steps
@@ -108,5 +112,6 @@ def optimizer_and_schedule(
         settings.weight_decay,
         settings.momentum,
         classifiers=classifiers,
+        classifier_lr_scale=classifier_lr / peak if classifier_lr is not None and peak else 1.0,
     )
     return optimizer, schedule

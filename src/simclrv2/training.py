@@ -239,9 +239,14 @@ def fit(
     seed: int,
     end_of_epoch: Callable[[int], dict[str, float]] | None = None,
     checkpoint_every: int = 0,
+    drop_last: bool = True,
 ) -> Position:
     """Train ``modules`` with ``step_fn`` (images uint8 on the device, labels, generator -> metrics
-    with a differentiable ``loss``) for ``epochs``, resuming from the stage's latest checkpoint.
+    with the run's differentiable ``loss``, the one the bar shows, and optionally an ``objective``
+    to differentiate in its place, e.g. ``loss`` plus a monitor's own loss) for ``epochs``,
+    resuming from the stage's latest checkpoint.
+    ``drop_last=False`` trains on every image each epoch, the last batch short (the schedule must
+    count the same batches: :func:`simclrv2.build.optimizer_and_schedule`).
 
     A non-finite loss is seen at the next metric row or checkpoint (module docstring), so the
     optimiser may have taken up to ``LOG_EVERY - 1`` more steps with non-finite weights by then;
@@ -303,7 +308,7 @@ def fit(
             torch.distributed.barrier()
 
     steps_per_epoch = batches_per_epoch(
-        len(data), batch_size, drop_last=True, world_size=distributed.world_size()
+        len(data), batch_size, drop_last=drop_last, world_size=distributed.world_size()
     )
     for module in modules.values():
         module.train()
@@ -318,6 +323,7 @@ def fit(
                 seed=seed,
                 epoch=position.epoch,
                 start_batch=position.batch,
+                drop_last=drop_last,
                 rank=distributed.rank(),
                 world_size=distributed.world_size(),
                 device=runtime.device,
@@ -329,10 +335,10 @@ def fit(
                 set_learning_rate(optimizer, lr)
                 with runtime.autocast():
                     values = step_fn(images, labels, generator)
-                loss = values["loss"]
-                loss_record.update(position.step + 1, loss.detach())
+                objective = values.pop("objective", values["loss"])
+                loss_record.update(position.step + 1, objective.detach())
                 optimizer.zero_grad(set_to_none=True)
-                loss.backward()
+                objective.backward()
                 distributed.average_gradients(parameters)
                 optimizer.step()
                 position.step += 1

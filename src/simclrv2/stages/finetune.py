@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from simclrv2 import build
+from simclrv2 import build, distributed
 from simclrv2.augment import crop_flip
 from simclrv2.config import Config
 from simclrv2.data import ImageDataset
@@ -64,7 +64,7 @@ def finetune(
         seed = config.finetune.label_seed
         trained_on = labelled.subset(balanced_oversample(labelled.labels, seed))
 
-    batch_size = min(config.finetune.batch_size, len(labelled))  # 1% can be under one batch
+    batch_size = _batch_size(len(trained_on), config.finetune.batch_size)
     # fine-tuning follows the authors (head_supervised outside LARS); from scratch, it is a layer
     optimizer, schedule = build.optimizer_and_schedule(
         settings,
@@ -73,6 +73,7 @@ def finetune(
         batch_size,
         len(trained_on),
         classifiers=(model.linear,) if init is not None else (),
+        drop_last=False,
     )
 
     def step(images: Tensor, labels: Tensor, generator: torch.Generator) -> dict[str, Tensor]:
@@ -89,6 +90,7 @@ def finetune(
         batch_size=batch_size,
         epochs=config.finetune.epochs,
         seed=config.runtime.seed,
+        drop_last=False,  # few labels: every one of them each epoch
     )
     metrics = classifier_scores(model, evaluation, runtime, size)
     metrics |= {"labelled_images": len(labelled)}
@@ -102,3 +104,14 @@ def finetune(
     exported = ExportedModel(encoder, projection_head, model.linear, head_input, info)
     summary = f"{top1_summary(metrics)} with {len(labelled)} labels"
     return stage.finish(exported, metrics, summary, config)
+
+
+def _batch_size(images: int, wanted: int) -> int:
+    """The fine-tuning batch: ``wanted``, at most ``images`` (1% can be under one batch), one
+    process-count smaller while an epoch's short last batch would leave a process one image
+    (BatchNorm trains on two or more per channel)."""
+    world = distributed.world_size()
+    size = min(wanted, images)
+    while size > 2 * world and 0 < images % size <= world:
+        size -= world
+    return size
