@@ -29,7 +29,7 @@ def parameters(model: ExportedModel) -> dict[str, torch.Tensor]:
 
 def contrastive_loss(run) -> list[float]:
     rows = read_metrics(run / "metrics.csv")
-    return [row["value"] for row in rows if row["name"] == "contrastive_loss"]
+    return [row["value"] for row in rows if row["name"] == "loss"]
 
 
 @pytest.fixture(scope="module")

@@ -7,13 +7,14 @@ import torch
 from torch import nn
 
 from simclrv2.errors import UserError
-from simclrv2.models import Classifier, ProjectionHead, resnet18
+from simclrv2.models import Classifier, LinearClassifier, ProjectionHead, resnet18
 from simclrv2.optim import (
     LARS,
     WarmupCosine,
     build_optimizer,
     parameter_groups,
     scaled_learning_rate,
+    set_learning_rate,
 )
 
 
@@ -169,7 +170,7 @@ def test_parameter_groups_by_role_not_by_name():
         for p in m.parameters(recurse=False)
     }
     conv_weights = {id(m.weight) for m in model.modules() if isinstance(m, nn.Conv2d)}
-    assert bn_params <= ids["norm_and_bias"] and id(model.linear.bias) in ids["norm_and_bias"]
+    assert bn_params <= ids["norm_and_bias"] and ids["classifier_bias"] == {id(model.linear.bias)}
     assert conv_weights <= ids["weights"] and ids["classifier"] == {id(model.linear.weight)}
     assert sum(len(v) for v in ids.values()) == len(list(model.parameters()))
     assert (groups["weights"]["weight_decay"], groups["weights"]["lars"]) == (1e-4, True)
@@ -178,6 +179,18 @@ def test_parameter_groups_by_role_not_by_name():
         False,
     )
     assert (groups["classifier"]["weight_decay"], groups["classifier"]["lars"]) == (1e-4, False)
+    bias = groups["classifier_bias"]
+    assert (bias["weight_decay"], bias["lars"]) == (0.0, False)
+
+
+def test_the_classifier_groups_take_their_own_rate_on_the_same_schedule():
+    model = Classifier(resnet18(width=0.125), nn.Sequential(), LinearClassifier(64, 10))
+    optimizer = build_optimizer("lars", model, 1.0, 1e-4, classifiers=[model.linear],
+                                classifier_lr_scale=0.01)  # fmt: skip
+    set_learning_rate(optimizer, 2.0)
+    rates = {g["role"]: g["lr"] for g in optimizer.param_groups}
+    assert rates == {"weights": 2.0, "norm_and_bias": 2.0, "classifier": 0.02,
+                     "classifier_bias": 0.02}  # fmt: skip
 
 
 def test_renamed_parameters_keep_their_role():

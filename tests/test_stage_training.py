@@ -3,12 +3,15 @@ fine-tuning's epochs see every labelled image, distillation starts near ln(class
 pretraining's loss is the contrastive loss with the online classifier's apart."""
 
 import json
+import math
 
 import torch
 
 from conftest import TINY_OVERRIDES
 from simclrv2 import training
 from simclrv2.cli import main
+from simclrv2.config import load_config
+from simclrv2.metrics import read_metrics
 from tiny_runs import newest_step
 
 
@@ -37,3 +40,45 @@ def test_finetuning_trains_on_every_labelled_image_each_epoch(tiny_data, tmp_pat
         assert len(torch.unique(seen, dim=0)) == labelled  # every image, none twice
     assert torch.equal(torch.unique(epochs[0], dim=0), torch.unique(epochs[1], dim=0))
     assert newest_step(out) == 2 * per_epoch  # the schedule counted the same steps
+
+
+def _curve(folder, name: str) -> list[tuple[int, float]]:
+    return sorted((r["step"], r["value"]) for r in read_metrics(folder / "metrics.csv")
+                  if r["name"] == name)  # fmt: skip
+
+
+def test_pretraining_loss_is_the_contrastive_loss_and_the_online_classifier_learns_apart(
+    tiny_data, tmp_path
+):
+    """With and without the online classifier, the run's loss curve is the same, bit for bit: it
+    is the contrastive loss alone, and the classifier's gradient never reaches the encoder. The
+    classifier's own loss, at its own rate, falls."""
+    overrides = ["pretrain.epochs=6", "pretrain.knn_every=0", "pretrain.online_lr=0.1"]
+    for online in ("true", "false"):
+        argv = ["pretrain", "--data", str(tiny_data), "--out", str(tmp_path / online)]
+        assert main([*argv, *TINY_OVERRIDES, *overrides, f"pretrain.online_linear={online}"]) == 0
+    with_online, without = tmp_path / "true", tmp_path / "false"
+    assert _curve(with_online, "loss") == _curve(without, "loss")
+    assert not _curve(without, "online_loss")
+    online = [value for _, value in _curve(with_online, "online_loss")]
+    half = len(online) // 2
+    assert len(online) >= 4 and online[-1] < online[0]
+    assert sum(online[half:]) / (len(online) - half) < sum(online[:half]) / half
+
+
+def test_distillation_starts_near_ln_classes_and_falls(tiny_data, tmp_path):
+    """The demo preset's distillation at the demo's peak rate (1.0: base_lr 8 at batch 32) from a
+    fine-tuned teacher: Eq. 3's loss starts near ln(10), the value for a student knowing nothing,
+    and falls over the first steps (the paper's settings reach 50 to 180 here)."""
+    data = ["--data", str(tiny_data), *TINY_OVERRIDES]
+    assert main(["pretrain", "--out", str(tmp_path / "pretrain"), *data]) == 0
+    finetune = ["finetune", "--init", str(tmp_path / "pretrain" / "model"), "--labels", "50%"]
+    assert main([*finetune, "--out", str(tmp_path / "teacher"), *data]) == 0
+    teacher = tmp_path / "teacher" / "model"
+    distill = ["distill", "--preset", "demo", "--teacher", str(teacher), *data]
+    demo = load_config("demo").distill
+    same = [f"distill.warmup={demo.warmup}", "distill.epochs=6", "distill.base_lr=8"]
+    assert main([*distill, *same, "--out", str(tmp_path / "student")]) == 0
+    losses = [value for _, value in _curve(tmp_path / "student", "distill_loss")]
+    assert math.log(10) / 2 < losses[0] < 2 * math.log(10)
+    assert losses[-1] < losses[0] and max(losses) < 2 * math.log(10)

@@ -13,7 +13,7 @@ from conftest import TINY_OVERRIDES
 from simclrv2 import load_encoder
 from simclrv2.cli import main
 from simclrv2.metrics import read_metrics
-from simclrv2.report import build_report
+from simclrv2.report import build_report, label_efficiency_curves
 from tiny_runs import assert_stage_contract, stop_at_check
 
 
@@ -66,12 +66,23 @@ def test_report_renders_the_runs_numbers(pipeline_run, capsys):
     images = sorted((pipeline_run / "report").glob("*.png"))
     names = {p.name for p in images}
     assert {
+        "label-efficiency.png",
         "pretrain-curves.png",
         "pretrain-accuracy.png",
         "finetune-10%-confusion.png",
         "embeddings.png",
         "augmentations.png",
     } <= names
+    # the headline comes first: top-1 against the labelled images of each row
+    split, curves = label_efficiency_curves(rows)
+    assert split == "test" and {method: list(points) for method, points in curves.items()} == {
+        "SimCLR + linear eval": [144],  # every training label, the validation ones held out
+        "SimCLR + fine-tune (from head layer 1)": [20],
+        "supervised from scratch": [20],
+        "distilled into r18_0.125x_sk0": [20],
+    }
+    assert page.index("<img") == page.index('<img src="report/label-efficiency.png">')
+    assert page.index("label-efficiency.png") < page.index("<h2>Results</h2>")
     for path in images:
         with Image.open(path) as image:
             image.load()

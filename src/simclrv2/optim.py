@@ -91,32 +91,44 @@ class LARS(torch.optim.Optimizer):
 
 
 def parameter_groups(
-    model: nn.Module, weight_decay: float, classifiers: Iterable[nn.Module] = ()
+    model: nn.Module,
+    weight_decay: float,
+    classifiers: Iterable[nn.Module] = (),
+    classifier_lr_scale: float = 1.0,
 ) -> list[dict]:
     """Split parameters by role, found by module type and tensor rank (never by name):
 
     - ``weights``: conv and linear weights; weight decay and the LARS trust ratio.
     - ``norm_and_bias``: parameters of normalisation layers and every 1-D tensor; neither.
     - ``classifier``: weights of the given supervised heads; weight decay, no trust ratio.
+    - ``classifier_bias``: their biases; neither (the authors' L2 term skips them).
+
+    The two classifier roles take ``classifier_lr_scale`` times the schedule's rate
+    (:func:`set_learning_rate`), the others the rate itself.
     """
-    classifier_params = {id(p) for head in classifiers for p in head.parameters() if p.ndim > 1}
-    roles: dict[str, list[nn.Parameter]] = {"weights": [], "norm_and_bias": [], "classifier": []}
+    heads = {id(p) for head in classifiers for p in head.parameters()}
+    roles: dict[str, list[nn.Parameter]] = {
+        "weights": [],
+        "norm_and_bias": [],
+        "classifier": [],
+        "classifier_bias": [],
+    }
     seen: set[int] = set()
     for module in model.modules():
         for p in module.parameters(recurse=False):
             if not p.requires_grad or id(p) in seen:
                 continue
             seen.add(id(p))
-            if isinstance(module, NORM_TYPES) or p.ndim <= 1:
-                roles["norm_and_bias"].append(p)
-            elif id(p) in classifier_params:
-                roles["classifier"].append(p)
+            flat = isinstance(module, NORM_TYPES) or p.ndim <= 1
+            if id(p) in heads:
+                roles["classifier_bias" if flat else "classifier"].append(p)
             else:
-                roles["weights"].append(p)
-    settings = {
-        "weights": (weight_decay, True),
-        "norm_and_bias": (0.0, False),
-        "classifier": (weight_decay, False),
+                roles["norm_and_bias" if flat else "weights"].append(p)
+    settings = {  # weight decay, trust ratio, learning-rate scale
+        "weights": (weight_decay, True, 1.0),
+        "norm_and_bias": (0.0, False, 1.0),
+        "classifier": (weight_decay, False, classifier_lr_scale),
+        "classifier_bias": (0.0, False, classifier_lr_scale),
     }
     return [
         {
@@ -124,6 +136,7 @@ def parameter_groups(
             "role": role,
             "weight_decay": settings[role][0],
             "lars": settings[role][1],
+            "lr_scale": settings[role][2],
         }
         for role, params in roles.items()
         if params
@@ -146,10 +159,11 @@ def build_optimizer(
     weight_decay: float,
     momentum: float = 0.9,
     classifiers: Iterable[nn.Module] = (),
+    classifier_lr_scale: float = 1.0,
 ) -> torch.optim.Optimizer:
     """LARS (SimCLR's choice), SGD with Nesterov momentum (plain SGD at momentum 0), or AdamW,
     over :func:`parameter_groups`."""
-    groups = parameter_groups(model, weight_decay, classifiers)
+    groups = parameter_groups(model, weight_decay, classifiers, classifier_lr_scale)
     if name == "lars":
         return LARS(groups, lr=lr, momentum=momentum)
     if name == "sgd":
@@ -206,5 +220,7 @@ class WarmupCosine:
 
 
 def set_learning_rate(optimizer: torch.optim.Optimizer, lr: float) -> None:
+    """``lr`` for every parameter group, times the group's ``lr_scale`` where it has one (a head
+    with its own peak rate on the same schedule)."""
     for group in optimizer.param_groups:
-        group["lr"] = lr
+        group["lr"] = lr * group.get("lr_scale", 1.0)

@@ -1,18 +1,20 @@
 """``simclrv2 report RUN_DIR``: one HTML page with PNG plots of a run, for a person to look at.
 
-It shows the results table, loss and learning-rate curves of every stage, kNN and linear accuracy
-over the epochs (the kNN monitor and the online linear classifier at the epochs they ran, and the
-final linear evaluation), a 2-D map (PCA) of the reported split's embeddings coloured by class, the confusion
-matrix of each classifier, and an augmentation grid. It renders whatever the directory holds, so
-it works on an interrupted run too: the table then lists the stages that finished, the embedding
-map uses the newest pretraining checkpoint when there is no exported model yet, and missing parts
-are named, not fatal.
+It shows a pipeline's headline (top-1 against the number of labelled images), the results
+table, loss (the online classifier's apart) and learning-rate curves of every stage, kNN and
+linear accuracy over the epochs (the kNN monitor and the online linear classifier at the epochs
+they ran, and the final linear evaluation), a 2-D map (PCA) of the reported split's embeddings
+coloured by class, the confusion matrix of each classifier, and an augmentation grid. It renders
+whatever the directory holds, so it works on an interrupted run too: the table then lists the
+stages that finished, the embedding map uses the newest pretraining checkpoint when there is no
+exported model yet, and missing parts are named, not fatal.
 """
 
 from __future__ import annotations
 
 import html
 import json
+import re
 from collections import defaultdict
 from pathlib import Path
 
@@ -21,12 +23,73 @@ from matplotlib.figure import Figure
 
 from simclrv2.errors import UserError
 from simclrv2.metrics import read_metrics
-from simclrv2.scores import headline
+from simclrv2.scores import TEST, headline
 from simclrv2.tables import format_table
 
 FIGURES = "report"
-CURVES = ("loss", "contrastive_loss", "online_loss", "distill_loss", "label_loss")
+CURVES = ("loss", "distill_loss", "label_loss")  # the run's loss and the parts of distillation's
+APART = ("online_loss",)  # a monitor's loss, trained alongside: its own panel
 ACCURACIES = ("knn_top1", "online_linear_top1")
+
+
+def labels_count(labels: str) -> int | None:
+    """The number of labelled images a table row's ``labels`` names ("10% (20)" -> 20)."""
+    found = re.search(r"\((\d+)\)\s*$", labels)
+    return int(found.group(1)) if found else None
+
+
+def plot_label_efficiency(
+    curves: dict[str, dict[int, list[float]]], path: Path, split: str, title: str = ""
+) -> str:
+    """Top-1 (%) on ``split`` against the number of labelled images (log axis), one line per
+    method of ``curves`` (method -> labelled images -> the top-1 of each seed): the mean, and
+    the min-max band where there are several seeds; a method at one count is a marker."""
+    figure = Figure(figsize=(6.5, 4.2))
+    axis = figure.subplots()
+    for method, points in curves.items():
+        counts = sorted(points)
+        values = [points[c] for c in counts]
+        means = [sum(v) / len(v) for v in values]
+        style = {"marker": "o"} if len(counts) > 1 else {"marker": "*", "markersize": 12}
+        (line,) = axis.plot(counts, means, label=method, **style)
+        if any(len(v) > 1 for v in values):
+            low, high = [min(v) for v in values], [max(v) for v in values]
+            axis.fill_between(counts, low, high, color=line.get_color(), alpha=0.2)
+    axis.set_xscale("log")
+    axis.set(
+        xlabel="labelled images",
+        ylabel=f"top-1 on {split} (%)",
+        title=title or "accuracy against labels",
+    )
+    axis.grid(alpha=0.3)
+    axis.legend(fontsize=8)
+    return _save(figure, path)
+
+
+def label_efficiency_curves(rows: list[dict]) -> tuple[str, dict[str, dict[int, list[float]]]]:
+    """From a pipeline's table rows: the split they report (test when there is one) and, per
+    method, its top-1 there at each number of labelled images (the kNN monitor left out)."""
+    splits = {row.get("split") for row in rows}
+    split = TEST if TEST in splits else rows[0].get("split")
+    curves: dict[str, dict[int, list[float]]] = defaultdict(dict)
+    for row in rows:
+        count = labels_count(str(row.get("labels", "")))
+        method = str(row.get("method", ""))
+        if row.get("split") != split or count is None or row.get("top1") is None:
+            continue
+        if not method.startswith("SimCLR + kNN"):
+            curves[method][count] = [row["top1"]]
+    return split, dict(curves)
+
+
+def _label_efficiency(run: Path, out: Path) -> str | None:
+    """The headline of a pipeline run: top-1 against labelled images (fine-tuned, supervised,
+    distilled at each label spec; linear eval at all labels)."""
+    rows = _read_json(run / "results.json")
+    if not isinstance(rows, list) or not rows:
+        return None
+    split, curves = label_efficiency_curves(rows)
+    return plot_label_efficiency(curves, out / "label-efficiency.png", split) if curves else None
 
 
 def _stage_dirs(run: Path) -> list[Path]:
@@ -48,15 +111,17 @@ def _curves(stage: Path, rows: list[dict], out: Path) -> str | None:
     for row in rows:
         series[row["name"]].append((row["step"], row["value"]))
     losses = [name for name in CURVES if name in series]
+    apart = [name for name in APART if name in series]
     if not losses:
         return None
-    figure = Figure(figsize=(10, 3.2))
-    left, right = figure.subplots(1, 2)
-    for name in losses:
-        steps, values = zip(*sorted(series[name]))
-        left.plot(steps, values, label=name)
-    left.set(xlabel="step", ylabel="loss", title=f"{stage.name}: loss")
-    left.legend(fontsize=8)
+    figure = Figure(figsize=(5 * (2 + len(apart)), 3.2))
+    left, *middle, right = figure.subplots(1, 2 + len(apart))
+    for axis, names in ((left, losses), *((a, [n]) for a, n in zip(middle, apart))):
+        for name in names:
+            steps, values = zip(*sorted(series[name]))
+            axis.plot(steps, values, label=name)
+        axis.set(xlabel="step", ylabel="loss", title=f"{stage.name}: {', '.join(names)}")
+        axis.legend(fontsize=8)
     if "lr" in series:
         steps, values = zip(*sorted(series["lr"]))
         right.plot(steps, values, color="tab:green")
@@ -254,7 +319,9 @@ def build_report(run: str | Path) -> Path:
         )
     out = run / FIGURES
     out.mkdir(exist_ok=True)
-    sections = [f"<h2>Results</h2>{_results_table(run)}"]
+    curve = _label_efficiency(run, out)
+    sections = [f'<h2>Accuracy against labels</h2><img src="{FIGURES}/{curve}">'] if curve else []
+    sections.append(f"<h2>Results</h2>{_results_table(run)}")
     for stage in stages:
         rows = read_metrics(stage / "metrics.csv")
         figures = [

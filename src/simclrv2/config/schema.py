@@ -145,6 +145,8 @@ class TrainingConfig(OptimizerConfig):
 class PretrainConfig(TrainingConfig):
     temperature: float = positive(0.1)  # NT-Xent tau: 0.1 ImageNet, 0.5 CIFAR-10
     online_linear: bool = True  # linear classifier on stop-gradient h, trained alongside
+    # its peak rate on the schedule (not batch-scaled); None = the encoder's, as the authors
+    online_lr: float | None = at_least(0, None)
     knn_every: int = at_least(0, 1)  # epochs between kNN monitor runs; 0 = only at the end
     checkpoint_every: int = at_least(0, 200)  # optimiser steps between checkpoints (+ epoch ends)
     global_bn: bool = True  # BatchNorm statistics over all processes (SimCLR's global BN)
@@ -184,6 +186,8 @@ class DistillConfig(TrainingConfig):
     temperature: float = positive(0.1)  # 0.1 self-distillation, 1.0 big-to-small (SimCLRv2 Sec. 3)
     alpha: float = within(0, 1, 1.0)  # weight of the distillation loss; 1 - alpha: labelled CE
     scale_by_t2: bool = False  # multiply by tau^2 as the authors' colab does
+    # the student's encoder: new weights (the paper), or the teacher's for self-distillation
+    student_init: Literal["scratch", "teacher"] = "scratch"
     # SimCLRv2 Sec. 3: the pretraining schedule, weight decay and batch size; 400 epochs.
     epochs: int = positive(400)
 

@@ -1,7 +1,8 @@
 """Stage 3: distillation with the unlabelled images (SimCLRv2 Sec. 2, Eq. 3).
 
 The fine-tuned network is a frozen teacher (eval mode); a student, of the same architecture
-(self-distillation) or a smaller one, is trained from scratch to match the teacher's class
+(self-distillation) or a smaller one, is trained from scratch (the paper; or from the teacher's
+encoder for self-distillation, ``distill.student_init``) to match the teacher's class
 distribution at temperature tau on the unlabelled images, optionally mixed with the labelled
 cross-entropy: alpha * L_distill + (1 - alpha) * L_label. The student is the encoder plus a linear
 classifier (no projection head, as in the paper); only crop and flip augment the images, and the
@@ -10,6 +11,7 @@ teacher sees the same view as the student.
 
 from __future__ import annotations
 
+import copy
 from pathlib import Path
 
 import torch
@@ -20,6 +22,7 @@ from simclrv2 import build
 from simclrv2.augment import crop_flip
 from simclrv2.config import Config
 from simclrv2.data import ImageDataset
+from simclrv2.errors import UserError
 from simclrv2.evaluation import classifier_scores, top1_summary
 from simclrv2.export import ExportedModel, match_channels
 from simclrv2.losses import distillation_loss
@@ -40,6 +43,13 @@ def distill(
     """Train a student on ``unlabelled`` (every image; labels unread) to match ``teacher`` (and
     on ``labelled`` when ``distill.alpha`` < 1); score it on each of the ``evaluation`` splits."""
     settings = config.distill
+    arch = settings.student_arch or arch_name(teacher.encoder.spec)
+    if settings.student_init == "teacher" and arch != arch_name(teacher.encoder.spec):
+        raise UserError(
+            f"distill.student_init=teacher needs the teacher's architecture, "
+            f"{arch_name(teacher.encoder.spec)}, not distill.student_arch={arch}; "
+            "leave student_arch unset or use student_init=scratch"
+        )
     channels = teacher.encoder.spec.in_channels  # the student takes what the teacher takes
     unlabelled, labelled, *checked = match_channels(
         channels, unlabelled, labelled, *evaluation.values()
@@ -47,14 +57,16 @@ def distill(
     evaluation = dict(zip(evaluation, checked))
     stage = Stage.open("distill", directory, runtime, config.runtime.seed)
     size = unlabelled.image_size
+    if settings.student_init == "teacher":  # a trainable copy, before the teacher is frozen
+        encoder = copy.deepcopy(teacher.encoder).requires_grad_(True)
+    else:
+        encoder = build.encoder(config.model, arch, unlabelled)
     teacher = runtime.module(teacher).eval().requires_grad_(False)
-    arch = settings.student_arch or arch_name(teacher.encoder.spec)
-    encoder = build.encoder(config.model, arch, unlabelled)
     num_classes = teacher.linear.out_features
     student = runtime.module(
         Classifier(encoder, nn.Sequential(), LinearClassifier(encoder.out_dim, num_classes))
     )
-    # the student is trained from scratch: its classifier is adapted by LARS like every layer
+    # the student's classifier is new: it is adapted by LARS like every layer
     optimizer, schedule = build.optimizer_and_schedule(
         settings, student, settings.epochs, settings.batch_size, len(unlabelled)
     )
@@ -64,10 +76,10 @@ def distill(
         x = runtime.images(crop_flip(images, size, generator))
         with torch.no_grad():
             teacher_logits = teacher(x)
-        loss = distillation_loss(
-            student(x), teacher_logits, settings.temperature, settings.scale_by_t2
-        )
-        values = {"distill_loss": loss.detach()}
+        tau = settings.temperature
+        loss = distillation_loss(student(x), teacher_logits, tau, settings.scale_by_t2)
+        # logged as Eq. 3 reads, with or without tau^2: ln(classes) for a student knowing nothing
+        values = {"distill_loss": loss.detach() / (tau**2 if settings.scale_by_t2 else 1.0)}
         if mix_labels:  # a labelled batch of the same size, drawn with the run's generator
             pick = torch.randint(
                 len(labelled), (images.shape[0],), generator=generator, device=generator.device

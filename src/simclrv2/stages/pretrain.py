@@ -2,9 +2,10 @@
 
 For a batch of N images: two independently augmented views each, the encoder gives h and the
 projection head z for all 2N views in one pass (so BatchNorm sees both views, as in the reference),
-and NT-Xent on z with negatives from the global batch. When labels exist, a linear classifier on
-stop-gradient h is trained alongside (it cannot change the encoder) and a weighted kNN monitor on
-the test split is logged, both at epoch ends.
+and NT-Xent on z with negatives from the global batch: the run's loss. When labels exist, a linear
+classifier on stop-gradient h is trained alongside (``pretrain.online_linear``; it cannot change
+the encoder) at its own rate (``pretrain.online_lr``), its loss logged apart (``online_loss``), and
+it and a weighted kNN monitor are scored on the evaluation splits at epoch ends.
 
 Over several processes BatchNorm is global (``pretrain.global_bn``). ``pretrain.chunk_size`` runs
 the network in chunks with gradient caching (:mod:`simclrv2.gradcache`, where the BatchNorm rule is);
@@ -56,7 +57,7 @@ def pretrain(
     labelled = bool((train.labels >= 0).any())
     online = (
         runtime.module(LinearClassifier(model.encoder.out_dim, train.num_classes))
-        if labelled
+        if labelled and settings.online_linear
         else None
     )
     trained = nn.ModuleDict({"model": model} | ({"online": online} if online else {}))
@@ -67,6 +68,7 @@ def pretrain(
         settings.batch_size,
         len(train),
         classifiers=(online,) if online else (),
+        classifier_lr=settings.online_lr,
     )
     augment = build.pretrain_augment(config.augment, train.image_size)
     size = augment.size  # the side of the views, and of the monitors' centre crops
@@ -92,13 +94,17 @@ def pretrain(
         contrastive = nt_xent(z1, z2, settings.temperature, negatives)
         if queue is not None:
             remember(views[: len(images)])
-        values = {"loss": contrastive, "contrastive_loss": contrastive.detach()}
-        if online is not None:
-            logits = online(h.detach())  # stop-gradient: the classifier cannot shape h
-            targets = labels.repeat(2)  # both views, as the reference; -1: unlabelled
-            supervised = labelled_cross_entropy(logits, targets)
-            values |= {"loss": contrastive + supervised, "online_loss": supervised.detach()}
-        return values
+        if online is None:
+            return {"loss": contrastive}
+        logits = online(h.detach())  # stop-gradient: the classifier cannot shape h
+        targets = labels.repeat(2)  # both views, as the reference; -1: unlabelled
+        supervised = labelled_cross_entropy(logits, targets)
+        # the run's loss is the contrastive one; the monitor's is trained alongside, shown apart
+        return {
+            "loss": contrastive,
+            "online_loss": supervised.detach(),
+            "objective": contrastive + supervised,
+        }
 
     def monitor(splits: dict[str, ImageDataset]) -> dict[str, dict[str, float]]:
         if not labelled or not splits:
