@@ -12,7 +12,7 @@ from simclrv2 import training
 from simclrv2.cli import main
 from simclrv2.config import load_config
 from simclrv2.metrics import read_metrics
-from tiny_runs import newest_step
+from tiny_runs import assert_identical, newest_step, stop_at_check
 
 
 def test_finetuning_trains_on_every_labelled_image_each_epoch(tiny_data, tmp_path, monkeypatch):
@@ -84,3 +84,29 @@ def test_distillation_starts_near_ln_classes_and_falls(tiny_data, tmp_path):
     losses = [value for _, value in _curve(tmp_path / "student", "distill_loss")]
     assert math.log(10) / 2 < losses[0] < 2 * math.log(10)
     assert losses[-1] < losses[0] and max(losses) < 2 * math.log(10)
+
+
+def test_finetuning_with_a_short_last_batch_resumes_onto_the_same_weights(
+    tiny_data, tmp_path, monkeypatch
+):
+    """Interrupted in its second epoch (of a 32, 32, short batch), resumed: the same loss curve
+    and the same weights as the run that was not."""
+    from safetensors.torch import load_file
+
+    def run(out, *extra):
+        argv = ["finetune", "--labels", "30%", "--data", str(tiny_data), "--out", str(out)]
+        overrides = ["finetune.batch_size=32", "finetune.epochs=3"]
+        assert main([*argv, *TINY_OVERRIDES, *overrides, *extra]) == 0
+
+    run(tmp_path / "whole")
+    with monkeypatch.context() as patch:
+        patch.setattr(training, "_StopSignal", stop_at_check(5, training._StopSignal))
+        run(tmp_path / "split")
+    assert not (tmp_path / "split" / "results.json").exists()
+    assert main(["finetune", "--resume", str(tmp_path / "split")]) == 0
+    assert _curve(tmp_path / "split", "loss") == _curve(tmp_path / "whole", "loss")
+    assert_identical(
+        load_file(tmp_path / "whole" / "model" / "model.safetensors"),
+        load_file(tmp_path / "split" / "model" / "model.safetensors"),
+        "export",
+    )

@@ -20,6 +20,7 @@ from pathlib import Path
 
 import torch
 from matplotlib.figure import Figure
+from matplotlib.ticker import ScalarFormatter
 
 from simclrv2.errors import UserError
 from simclrv2.metrics import read_metrics
@@ -56,6 +57,7 @@ def plot_label_efficiency(
             low, high = [min(v) for v in values], [max(v) for v in values]
             axis.fill_between(counts, low, high, color=line.get_color(), alpha=0.2)
     axis.set_xscale("log")
+    axis.xaxis.set_major_formatter(ScalarFormatter())  # 10, 100, not 10^1, 10^2
     axis.set(
         xlabel="labelled images",
         ylabel=f"top-1 on {split} (%)",
