@@ -8,7 +8,7 @@ import math
 import torch
 
 from conftest import TINY_OVERRIDES
-from simclrv2 import training
+from simclrv2 import load_encoder, training
 from simclrv2.cli import main
 from simclrv2.config import load_config
 from simclrv2.metrics import read_metrics
@@ -84,6 +84,19 @@ def test_distillation_starts_near_ln_classes_and_falls(tiny_data, tmp_path):
     losses = [value for _, value in _curve(tmp_path / "student", "distill_loss")]
     assert math.log(10) / 2 < losses[0] < 2 * math.log(10)
     assert losses[-1] < losses[0] and max(losses) < 2 * math.log(10)
+
+    # self-distillation from the teacher's encoder (the demo's): the student ends near it
+    own = [*distill, *same, "distill.student_init=teacher", "--out", str(tmp_path / "own")]
+    assert main(own) == 0
+    start = dict(load_encoder(teacher).named_parameters())
+
+    def moved(student: str) -> float:
+        weights = dict(load_encoder(tmp_path / student / "model").named_parameters())
+        return sum(float((weights[k] - v).detach().norm()) for k, v in start.items())
+
+    assert moved("own") < moved("student") / 2
+    smaller = [*own[:-1], str(tmp_path / "smaller"), "distill.student_arch=r18_0.0625x_sk0"]
+    assert main(smaller) == 2  # a one-line error: the teacher's encoder has another shape
 
 
 def test_finetuning_with_a_short_last_batch_resumes_onto_the_same_weights(
