@@ -11,6 +11,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable
+from contextlib import closing
 from dataclasses import dataclass
 
 import torch
@@ -34,13 +35,15 @@ def extract(
     """``fn`` (float images on the device -> (B, D)) over ``data`` in order, centre-cropped as for
     evaluation; returns (features (N, D) float32 on the CPU, labels (N,))."""
     features, labels = [], []
-    for images, batch_labels in epoch_batches(
+    batches = epoch_batches(
         data, batch_size, seed=0, epoch=0, shuffle=False, drop_last=False, device=runtime.device
-    ):
-        with runtime.autocast():
-            out = fn(runtime.images(center_crop(images, image_size)))
-        features.append(out.float().cpu())
-        labels.append(batch_labels.cpu())
+    )
+    with closing(batches):
+        for images, batch_labels in batches:
+            with runtime.autocast():
+                out = fn(runtime.images(center_crop(images, image_size)))
+            features.append(out.float().cpu())
+            labels.append(batch_labels.cpu())
     return torch.cat(features), torch.cat(labels)
 
 

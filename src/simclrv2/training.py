@@ -22,6 +22,7 @@ import signal
 import threading
 import time
 from collections.abc import Callable
+from contextlib import closing
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -324,52 +325,55 @@ def fit(
             )
             # images_per_s is timed from the epoch's start, the last row or the last checkpoint
             since = time.perf_counter(), position.step
-            for images, labels in batches:
-                lr = schedule(position.step)
-                set_learning_rate(optimizer, lr)
-                with runtime.autocast():
-                    values = step_fn(images, labels, generator)
-                loss = values["loss"]
-                loss_record.update(position.step + 1, loss.detach())
-                optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                distributed.average_gradients(parameters)
-                optimizer.step()
-                position.step += 1
-                position.batch += 1
-                logged = position.step % LOG_EVERY == 0 or position.batch == steps_per_epoch
-                due = (
-                    checkpoint_every > 0
-                    and position.step % checkpoint_every == 0
-                    and position.batch < steps_per_epoch  # the epoch's end writes one below
-                )
-                if logged:
-                    stop_if_diverged()
-                    averaged = distributed.mean_over_processes(values)  # the global batch's
-                    scalars = {k: v.item() for k, v in averaged.items()}  # the device caught up
-                    now = time.perf_counter()
-                    rate = batch_size * (position.step - since[1]) / (now - since[0])
-                    since = now, position.step
-                    scalars |= {"lr": lr, "images_per_s": rate}
-                    stage.metrics.write(
-                        position.step, position.epoch + position.batch / steps_per_epoch, scalars
+            with closing(batches):  # the loader's thread stops however the epoch ends
+                for images, labels in batches:
+                    lr = schedule(position.step)
+                    set_learning_rate(optimizer, lr)
+                    with runtime.autocast():
+                        values = step_fn(images, labels, generator)
+                    loss = values["loss"]
+                    loss_record.update(position.step + 1, loss.detach())
+                    optimizer.zero_grad(set_to_none=True)
+                    loss.backward()
+                    distributed.average_gradients(parameters)
+                    optimizer.step()
+                    position.step += 1
+                    position.batch += 1
+                    logged = position.step % LOG_EVERY == 0 or position.batch == steps_per_epoch
+                    due = (
+                        checkpoint_every > 0
+                        and position.step % checkpoint_every == 0
+                        and position.batch < steps_per_epoch  # the epoch's end writes one below
                     )
-                    bar.set_postfix(
-                        loss=f"{scalars['loss']:.4f}",
-                        lr=f"{lr:.3g}",
-                        img_s=f"{rate:.0f}",
-                        refresh=False,
-                    )
-                bar.update(1)
-                # the stop flag: a Python bool in one process; under several an all-reduce, made
-                # only at the steps where every process reads anyway (all reach the same ones)
-                polled = logged or due or distributed.world_size() == 1
-                if polled and distributed.any_process(stop.requested):
-                    checkpoint()
-                    raise Interrupted(stage.directory, position.step)
-                if due:
-                    checkpoint()
-                    since = time.perf_counter(), position.step
+                    if logged:
+                        stop_if_diverged()
+                        averaged = distributed.mean_over_processes(values)  # the global batch's
+                        scalars = {k: v.item() for k, v in averaged.items()}  # the device caught up
+                        now = time.perf_counter()
+                        rate = batch_size * (position.step - since[1]) / (now - since[0])
+                        since = now, position.step
+                        scalars |= {"lr": lr, "images_per_s": rate}
+                        stage.metrics.write(
+                            position.step,
+                            position.epoch + position.batch / steps_per_epoch,
+                            scalars,
+                        )
+                        bar.set_postfix(
+                            loss=f"{scalars['loss']:.4f}",
+                            lr=f"{lr:.3g}",
+                            img_s=f"{rate:.0f}",
+                            refresh=False,
+                        )
+                    bar.update(1)
+                    # the stop flag: a Python bool in one process; under several an all-reduce, made
+                    # only at the steps where every process reads anyway (all reach the same ones)
+                    polled = logged or due or distributed.world_size() == 1
+                    if polled and distributed.any_process(stop.requested):
+                        checkpoint()
+                        raise Interrupted(stage.directory, position.step)
+                    if due:
+                        checkpoint()
+                        since = time.perf_counter(), position.step
             position.epoch += 1
             position.batch = 0
             if end_of_epoch is not None:
