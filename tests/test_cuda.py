@@ -300,3 +300,14 @@ def test_prefetched_cuda_batches_equal_the_cpu_ones_while_the_gpu_is_busy():
     for (images, labels), (want_images, want_labels) in zip(got, expected):
         assert torch.equal(images.cpu(), want_images) and torch.equal(labels.cpu(), want_labels)
     assert not [t for t in threading.enumerate() if t.name == "simclrv2-prefetch"]
+
+
+def test_the_dense_nt_xent_limit_comes_from_the_free_gpu_memory():
+    from simclrv2.losses_tiled import DENSE_BYTES_PER_LOGIT, DENSE_SHARE, cuda_dense_limit
+
+    free, total = torch.cuda.mem_get_info(CUDA)
+    limit = cuda_dense_limit(CUDA)
+    assert limit == cuda_dense_limit(CUDA)  # measured once
+    assert free // DENSE_SHARE // DENSE_BYTES_PER_LOGIT <= limit
+    assert limit <= total // DENSE_SHARE // DENSE_BYTES_PER_LOGIT
+    assert limit > 1 << 24  # any GPU of a few GiB computes the CPU's largest dense loss
