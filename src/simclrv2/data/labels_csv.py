@@ -13,6 +13,7 @@ import os
 from pathlib import Path
 
 from simclrv2.data.dataset import UNLABELLED, ImageDataset
+from simclrv2.data.decode import DepthScaling
 from simclrv2.data.folder import IMAGE_SUFFIXES, read_images
 from simclrv2.errors import UserError
 
@@ -47,6 +48,7 @@ def read_labels_csv(
     strict: bool = False,
     cache_dir: str | os.PathLike | None = None,
     workers: int | None = None,
+    depth: DepthScaling = "full",
 ) -> ImageDataset:
     """The images a ``path,label`` CSV names, with its labels; each image's name is its path as
     written in the CSV."""
@@ -80,4 +82,5 @@ def read_labels_csv(
         strict=strict,
         cache_dir=cache_dir,
         workers=workers,
+        depth=depth,
     )
