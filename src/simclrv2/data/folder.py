@@ -4,22 +4,28 @@ Layouts: ``root/<class>/**/<image>`` (classes in sorted order are labels 0, 1, .
 ``root/<image>`` (labels -1), optionally split as ``root/train``, ``root/test`` (or ``root/val``,
 ImageNet's) and ``root/unlabeled``; a folder without split sub-folders is the "train" split.
 
-The images are decoded ONCE, by Pillow in worker processes, into one fixed-size uint8 array: RGB,
-the centre square of the shorter side, resized (bicubic, antialiased) to ``size`` px. Training
-then sees the same fixed-size uint8 batches as for every other source and never decodes during
-an epoch; random crops are taken from this stored square. With a ``cache_dir`` the array is
-written there as a ``.npy`` (plus a ``.json`` of labels and names), keyed by the folder's file
-names, sizes and modification times and by ``size``, and later runs memory-map it instead of
-decoding. An image that cannot be decoded is skipped and counted in one warning, or stops the
-load with a one-line error under ``strict``.
+The images are decoded ONCE, in worker processes, into one fixed-size uint8 array of the folder's
+channels (:mod:`simclrv2.data.decode`: grey, RGB or C bands; deep images scaled), the centre
+square of the shorter side, resized (bicubic, antialiased) to ``size`` px. Training then sees the
+same fixed-size uint8 batches as for every other source and never decodes during an epoch; random
+crops are taken from this stored square. With a ``cache_dir`` the array is written there as a
+``.npy`` (plus a ``.json`` of labels and names), keyed by the folder's file names, sizes,
+modification times and labels, by ``size`` and the depth rule, so a folder that changes gets a
+new entry; later runs memory-map it instead of decoding, and processes that start together (the
+ranks of a torchrun node) wait on a lock while one of them builds it. An image that cannot be
+decoded is skipped and counted in one warning, or stops the load with a one-line error under
+``strict``.
 """
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import hashlib
 import json
 import os
 import warnings
+from collections.abc import Iterator
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
@@ -198,6 +204,19 @@ def _decode_to_cache(
     return skipped
 
 
+@contextlib.contextmanager
+def _building(lock: Path) -> Iterator[None]:
+    """Hold an exclusive lock on ``lock`` (created if need be): the processes of a node (every
+    torchrun rank, or runs started together) that share a cache wait while one builds it."""
+    lock.parent.mkdir(parents=True, exist_ok=True)
+    with open(lock, "a") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
 def read_folder(
     path: Path,
     split: str,
@@ -256,9 +275,10 @@ def read_images(
     else:
         stem = _cache_stem(root, files, labels, size, depth)
         npy, meta = Path(cache_dir) / f"{stem}.npy", Path(cache_dir) / f"{stem}.json"
-        if not (meta.is_file() and npy.is_file()):  # .json written last: the .npy is complete
-            skipped = _decode_to_cache(npy, files, size, depth, workers, strict)
-            write_text(meta, json.dumps(_listing(labels, classes, names, skipped)))
+        with _building(Path(cache_dir) / f"{stem}.lock"):  # one process decodes, the rest map
+            if not (meta.is_file() and npy.is_file()):  # .json written last: .npy complete
+                skipped = _decode_to_cache(npy, files, size, depth, workers, strict)
+                write_text(meta, json.dumps(_listing(labels, classes, names, skipped)))
         listing = json.loads(meta.read_text())
         images = np.load(npy, mmap_mode="c")[: len(listing["names"])]
     if listing["skipped"]:
