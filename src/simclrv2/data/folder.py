@@ -27,6 +27,7 @@ import os
 import warnings
 from collections.abc import Iterator
 from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -217,37 +218,27 @@ def _building(lock: Path) -> Iterator[None]:
             fcntl.flock(handle, fcntl.LOCK_UN)
 
 
-def read_folder(
-    path: Path,
-    split: str,
-    *,
-    image_size: int | None = None,
-    strict: bool = False,
-    cache_dir: str | os.PathLike | None = None,
-    workers: int | None = None,
-    depth: DepthScaling = "full",
-) -> ImageDataset:
-    """The ``split`` of an image folder, decoded to ``image_size`` px squares of its channels
-    (:mod:`simclrv2.data.decode`: grey stays one channel, ``depth`` scales deeper images).
+@dataclass(frozen=True)
+class Decoding:
+    """How image files become the stored array: the side in px (None: the first image's shorter
+    side, at most 224), stop on an undecodable file instead of skipping it, the cache folder,
+    the decoding processes (None: one per CPU) and the depth rule of deep images."""
 
-    ``image_size`` defaults to the first image's shorter side, at most 224. ``workers`` decoding
-    processes (default: one per CPU). With ``cache_dir`` the result is memory-mapped from there.
-    """
+    image_size: int | None = None
+    strict: bool = False
+    cache_dir: str | os.PathLike | None = None
+    workers: int | None = None
+    depth: DepthScaling = "full"
+
+
+def read_folder(path: Path, split: str, decoding: Decoding = Decoding()) -> ImageDataset:
+    """The ``split`` of an image folder, decoded as ``decoding`` says to squares of its channels
+    (:mod:`simclrv2.data.decode`: grey stays one channel, deep images are scaled); with a cache
+    folder the result is memory-mapped from there."""
     root = split_root(path, split)
     files, labels, classes = list_images(root)
     names = [f.relative_to(root).as_posix() for f in files]
-    return read_images(
-        root,
-        files,
-        labels,
-        classes,
-        names,
-        image_size=image_size,
-        strict=strict,
-        cache_dir=cache_dir,
-        workers=workers,
-        depth=depth,
-    )
+    return read_images(root, files, labels, classes, names, decoding)
 
 
 def read_images(
@@ -256,17 +247,13 @@ def read_images(
     labels: list[int],
     classes: list[str],
     names: list[str],
-    *,
-    image_size: int | None = None,
-    strict: bool = False,
-    cache_dir: str | os.PathLike | None = None,
-    workers: int | None = None,
-    depth: DepthScaling = "full",
+    decoding: Decoding,
 ) -> ImageDataset:
     """``files`` (their ``labels`` of ``classes``, their ``names``), decoded as
     :func:`read_folder` says; a class left without a decodable image is an error."""
-    size = image_size or _default_size(root, files)
-    workers = workers or os.cpu_count() or 1
+    strict, cache_dir, depth = decoding.strict, decoding.cache_dir, decoding.depth
+    size = decoding.image_size or _default_size(root, files)
+    workers = decoding.workers or os.cpu_count() or 1
     if cache_dir is None:
         images = np.empty((len(files), folder_channels(files), size, size), np.uint8)
         skipped = _decode_all(files, images, depth, workers, strict)

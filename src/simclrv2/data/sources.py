@@ -19,7 +19,7 @@ from simclrv2.data.dataset import ImageDataset, check_split
 from simclrv2.data.decode import DepthScaling
 from simclrv2.data.embedded import PER_CLASS as EMBEDDED_SPLITS
 from simclrv2.data.embedded import load_embedded
-from simclrv2.data.folder import folder_splits, read_folder
+from simclrv2.data.folder import Decoding, folder_splits, read_folder
 from simclrv2.data.idx import idx_directory, idx_splits, read_idx_dir
 from simclrv2.data.labels_csv import read_labels_csv
 from simclrv2.data.stl10 import read_stl10, stl10_directory, stl10_splits
@@ -125,14 +125,14 @@ def load_dataset(
     source, named = split_suffix(source)
     split = named or split
     kind, path = parse_source(source)
-    decoding = {"image_size": image_size, "strict": strict, "cache_dir": cache_dir, "depth": depth}
+    decoding = Decoding(image_size, strict, cache_dir, workers, depth)
     if path is None:
         dataset = load_embedded(split)
     elif kind == FOLDER:
-        dataset = read_folder(path, split, **decoding, workers=workers)
+        dataset = read_folder(path, split, decoding)
     elif kind == CSV:
         check_split(split, ("train",), path)
-        dataset = read_labels_csv(path, **decoding, workers=workers)
+        dataset = read_labels_csv(path, decoding)
     else:
         dataset = ARRAY_READERS[kind](path, split)
     if image_size is not None:
