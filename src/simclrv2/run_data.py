@@ -22,6 +22,7 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
+from simclrv2 import build
 from simclrv2.config import DataConfig
 from simclrv2.data import ImageDataset, load_dataset, save_indices, save_names
 from simclrv2.data.dataset import UNLABELLED, concatenate
@@ -88,14 +89,7 @@ class RunData:
 
 def _loader(settings: DataConfig):
     def load(source: str | None, split: str, image_size: int | None) -> ImageDataset:
-        return load_dataset(
-            source,
-            split,
-            image_size=image_size,
-            strict=settings.strict,
-            cache_dir=settings.cache_dir,
-            workers=settings.num_workers,
-        )
+        return load_dataset(source, split, image_size=image_size, **build.decoding(settings))
 
     return load
 
