@@ -99,7 +99,9 @@ def main() -> None:
     print(f"predict wall time: {predict_seconds:.1f} s\n{printed.rstrip()}")
     print(f"\nhead of {predictions.name}:")
     print("\n".join(predictions.read_text().splitlines()[:4]))
-    print(f"predicted class = test folder's class: {agree} of {len(rows)} ({100 * agree / len(rows):.2f}%)")
+    print(
+        f"predicted class = test folder's class: {agree} of {len(rows)} ({100 * agree / len(rows):.2f}%)"
+    )
 
 
 if __name__ == "__main__":

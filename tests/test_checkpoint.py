@@ -10,7 +10,18 @@ import pytest
 import torch
 
 import simclrv2
-from simclrv2.checkpoint import checkpoints, load_latest, load_state, save_checkpoint, verify
+import simclrv2.checkpoint as checkpoint_module
+from multiprocess import run_distributed
+from simclrv2 import distributed
+from simclrv2.checkpoint import (
+    BackgroundWriter,
+    checkpoints,
+    host_copy,
+    load_latest,
+    load_state,
+    save_checkpoint,
+    verify,
+)
 from simclrv2.errors import UserError
 
 
@@ -142,3 +153,109 @@ def test_nothing_in_the_package_unpickles_arbitrary_objects():
         ]
     assert loads >= 1  # the checkpoint loader is found, so the scan sees the package
     assert [u.split(":")[0] for u in unpicklers] == ["cifar.py"]  # RestrictedUnpickler
+
+
+def test_the_checksum_is_taken_while_writing(tmp_path, monkeypatch):
+    with monkeypatch.context() as patch:  # a second read of state.pt would fail
+        patch.setattr(checkpoint_module, "sha256", lambda path: pytest.fail("read back"))
+        written = save_checkpoint(tmp_path, 1, _state(1))
+    manifest = json.loads((written / "manifest.json").read_text())
+    data = (written / "state.pt").read_bytes()
+    assert manifest["sha256"] == hashlib.sha256(data).hexdigest()
+    assert manifest["bytes"] == len(data)
+    assert verify(written) is None
+    tampered = bytearray(data)
+    tampered[len(data) // 2] ^= 0xFF
+    (written / "state.pt").write_bytes(bytes(tampered))
+    assert "does not match its sha256" in verify(written)
+
+
+def test_a_host_copy_is_unaffected_by_later_training():
+    weights = torch.zeros(4)
+    state = {"modules": {"w": weights}, "rng": [{"a": torch.ones(2)}], "step": (3, "x")}
+    copied = host_copy(state)
+    weights.add_(1)
+    assert torch.equal(copied["modules"]["w"], torch.zeros(4))
+    assert copied["step"] == (3, "x") and torch.equal(copied["rng"][0]["a"], torch.ones(2))
+
+
+def test_a_background_write_finishes_before_the_block_is_left(tmp_path):
+    save_checkpoint(tmp_path, 1, _state(1))
+    with pytest.raises(RuntimeError, match="crash") as info, BackgroundWriter() as writer:  # noqa: PT012
+        writer.submit(save_checkpoint, tmp_path, 2, host_copy(_state(2)))
+        raise RuntimeError("crash in the training step")
+    assert not hasattr(info.value, "__notes__")  # the write went well
+    assert load_latest(tmp_path)["position"]["step"] == 2  # complete, not half-written
+
+
+def test_a_failed_background_write_is_raised_in_the_caller(tmp_path):
+    (tmp_path / "file").write_text("")  # a file where the checkpoints' directory should be
+    writer = BackgroundWriter()
+    writer.submit(save_checkpoint, tmp_path / "file" / "x", 1, _state(1))
+    with pytest.raises(UserError, match="cannot write checkpoint 1"):
+        writer.wait()
+    writer.wait()  # raised once
+    writer.submit(save_checkpoint, tmp_path / "file" / "x", 2, _state(2))
+    with pytest.raises(KeyboardInterrupt) as info, writer:
+        raise KeyboardInterrupt
+    assert (
+        "the checkpoint being written failed: cannot write checkpoint 2" in info.value.__notes__[0]
+    )
+
+
+# A child that writes checkpoint 2 in the background, slowly, and SIGKILLs itself after ``delay``
+# seconds: before, during or after the write.
+KILLED_DURING_WRITE = """
+import os, signal, sys, time, torch
+import simclrv2.checkpoint as c
+real_write = c._HashingFile.write
+def slow(self, data):  # 16 kB every 10 ms
+    view = memoryview(data).cast("B")
+    for start in range(0, len(view), 1 << 14):
+        time.sleep(0.01)
+        real_write(self, view[start : start + (1 << 14)])
+    return len(view)
+c._HashingFile.write = slow
+state = {"weights": torch.full((64, 1024), 2.0), "position": {"epoch": 1, "step": 2}, "name": "x"}
+writer = c.BackgroundWriter()
+writer.submit(c.save_checkpoint, sys.argv[1], 2, c.host_copy(state))
+time.sleep(float(sys.argv[2]))
+os.kill(os.getpid(), signal.SIGKILL)
+"""
+
+
+@pytest.mark.parametrize("delay", [0.0, 0.05, 0.2, 3.0])
+def test_a_process_killed_during_a_background_write_leaves_a_complete_checkpoint(tmp_path, delay):
+    save_checkpoint(tmp_path, 1, _state(1))
+    process = subprocess.run(
+        [sys.executable, "-c", KILLED_DURING_WRITE, str(tmp_path), str(delay)], check=False
+    )
+    assert process.returncode == -9
+    state = load_latest(tmp_path)  # the old checkpoint or the new one, each complete
+    assert state["position"]["step"] in (1, 2)
+    assert torch.equal(
+        state["weights"], torch.full_like(state["weights"], state["position"]["step"])
+    )
+    if delay == 3.0:
+        assert state["position"]["step"] == 2
+
+
+def _load_everywhere(rank: int, world_size: int, directory: str) -> tuple[int, dict]:
+    """Rank 0 writes; then every process loads the newest checkpoint, counting its checksum reads."""
+    if rank == 0:
+        save_checkpoint(directory, 1, _state(1))
+        save_checkpoint(directory, 2, _state(2))
+    distributed.barrier()
+    reads = []
+    real = checkpoint_module.verify
+    checkpoint_module.verify = lambda path: reads.append(path) or real(path)
+    state = load_latest(directory)
+    return len(reads), state
+
+
+@pytest.mark.slow
+def test_rank_0_alone_verifies_and_every_process_loads_its_choice(tmp_path):
+    results = run_distributed(_load_everywhere, 2, str(tmp_path))
+    assert [reads for reads, _ in results] == [1, 0]
+    for _, state in results:
+        assert state["position"]["step"] == 2

@@ -7,6 +7,7 @@ Every test is marked ``cuda`` and skipped without a GPU (so CPU runs and CI skip
 """
 
 import copy
+import threading
 
 import pytest
 import torch
@@ -19,7 +20,7 @@ from simclrv2.augment import SimCLRAugment
 from simclrv2.checkpoint import load_latest
 from simclrv2.cli import main
 from simclrv2.config import RuntimeConfig
-from simclrv2.data import ImageDataset
+from simclrv2.data import ImageDataset, epoch_batches
 from simclrv2.gradcache import chunked_forward
 from simclrv2.losses import nt_xent
 from simclrv2.metrics import read_metrics
@@ -279,3 +280,34 @@ def test_a_cuda_runtime_times_cudnn_kernels_and_sets_the_tf32_policy(tf32):
     assert torch.backends.cudnn.benchmark
     assert torch.backends.cuda.matmul.allow_tf32 is tf32
     assert torch.backends.cudnn.allow_tf32 is tf32
+
+
+def test_prefetched_cuda_batches_equal_the_cpu_ones_while_the_gpu_is_busy():
+    """The side-stream copies out of the two reused pinned buffers: every batch of an epoch,
+    kept on the GPU while a slow kernel runs on the compute stream after each, equals the CPU
+    loader's batch (a buffer overwritten too early, or a missing stream wait, would show)."""
+    n, side = 300, 16
+    images = torch.randint(0, 256, (n, 3, side, side), dtype=torch.uint8).transpose(2, 3)
+    data = ImageDataset(images, torch.arange(n))
+    kwargs = {"seed": 1, "epoch": 0, "drop_last": False, "rank": 1, "world_size": 2}
+    expected = list(epoch_batches(data, 32, **kwargs))
+    busy = torch.randn(2048, 2048, device=CUDA)
+    got = []
+    for images, labels in epoch_batches(data, 32, device=CUDA, **kwargs):
+        busy = busy @ busy / 2048 + images.float().mean()  # the compute stream lags behind
+        got.append((images.clone(), labels.clone()))
+    assert len(got) == len(expected)
+    for (images, labels), (want_images, want_labels) in zip(got, expected):
+        assert torch.equal(images.cpu(), want_images) and torch.equal(labels.cpu(), want_labels)
+    assert not [t for t in threading.enumerate() if t.name == "simclrv2-prefetch"]
+
+
+def test_the_dense_nt_xent_limit_comes_from_the_free_gpu_memory():
+    from simclrv2.losses_tiled import DENSE_BYTES_PER_LOGIT, DENSE_SHARE, cuda_dense_limit
+
+    free, total = torch.cuda.mem_get_info(CUDA)
+    limit = cuda_dense_limit(CUDA)
+    assert limit == cuda_dense_limit(CUDA)  # measured once
+    assert free // DENSE_SHARE // DENSE_BYTES_PER_LOGIT <= limit
+    assert limit <= total // DENSE_SHARE // DENSE_BYTES_PER_LOGIT
+    assert limit > 1 << 24  # any GPU of a few GiB computes the CPU's largest dense loss

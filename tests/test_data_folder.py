@@ -198,3 +198,47 @@ def test_real_samples_as_flat_and_as_class_folders(shared_dir, tmp_path, sample,
     if side == 32:  # PNGs at their own size decode to their exact pixels
         first = np.asarray(Image.open(source / flat.names[0]).convert("RGB"))
         assert torch.equal(flat.images[0], chw(first))
+
+
+CHILD = """
+import sys, time
+from pathlib import Path
+from simclrv2.data import folder, load_dataset
+log, root, cache, me = (Path(a) for a in sys.argv[1:5])
+real = folder.decode_image
+def counted(*args, **kwargs):
+    with open(log, "a") as file:
+        file.write("decoded\\n")
+    time.sleep(0.2)  # slow decoding: the other process starts while this one builds
+    return real(*args, **kwargs)
+folder.decode_image = counted
+me.touch()
+while len(list(me.parent.glob("ready-*"))) < 2:  # start together
+    time.sleep(0.01)
+print(len(load_dataset(str(root), image_size=16, cache_dir=cache, workers=1)))
+"""
+
+
+def test_the_cache_is_built_once_by_one_of_two_processes(tmp_path):
+    import subprocess
+    import sys
+
+    from tiny_runs import cli_env
+
+    root, cache, log = tmp_path / "images", tmp_path / "cache", tmp_path / "decoded.log"
+    for i in range(5):
+        save(root / f"{i}.png", noise(i, (20, 20, 3)))
+    (tmp_path / "sync").mkdir()
+    children = [
+        subprocess.Popen(
+            [sys.executable, "-c", CHILD, log, root, cache, tmp_path / "sync" / f"ready-{k}"],
+            env=cli_env(),
+            stdout=subprocess.PIPE,
+            text=True,
+        )
+        for k in range(2)
+    ]
+    outputs = [child.communicate(timeout=120)[0].strip() for child in children]
+    assert outputs == ["5", "5"]
+    assert log.read_text().count("decoded") == 5  # one process decoded, the other mapped
+    assert len(list(cache.glob("*.npy"))) == 1

@@ -1,7 +1,11 @@
+import threading
+from contextlib import closing
+
+import numpy as np
 import pytest
 import torch
 
-from simclrv2.data import ImageDataset, batches_per_epoch, epoch_batches
+from simclrv2.data import ImageDataset, batches_per_epoch, epoch_batches, epoch_order, loader
 from simclrv2.errors import UserError
 
 
@@ -81,3 +85,139 @@ def test_batch_size_errors_come_before_the_first_batch():
     with pytest.raises(UserError, match="multiple of the 3 processes"):
         batches_per_epoch(50, 8, world_size=3)
     assert batches_per_epoch(50, 64, drop_last=False) == 1
+
+
+def reference(
+    data,
+    batch_size,
+    *,
+    seed,
+    epoch,
+    start_batch=0,
+    shuffle=True,
+    drop_last=True,
+    rank=0,
+    world_size=1,
+):
+    """The batches written out plainly: the epoch's order, padded by wrapping, cut into global
+    batches, this rank's contiguous share of each, gathered by advanced indexing."""
+    n = len(data)
+    order = epoch_order(n, seed=seed, epoch=epoch, shuffle=shuffle).tolist()
+    steps = n // batch_size if drop_last else -(-n // batch_size)
+    if not drop_last:
+        order += order[: -(-n // world_size) * world_size - n]
+    out = []
+    for step in range(start_batch, steps):
+        batch = order[step * batch_size : (step + 1) * batch_size]
+        share = len(batch) // world_size
+        index = torch.tensor(batch[rank * share : (rank + 1) * share])
+        out.append((data.images[index].contiguous(), data.labels[index]))
+    return out
+
+
+def assert_same_batches(got, expected):
+    assert len(got) == len(expected)
+    for (images, labels), (ref_images, ref_labels) in zip(got, expected):
+        assert images.is_contiguous()
+        assert torch.equal(images, ref_images)
+        assert torch.equal(labels, ref_labels)
+
+
+def transposed_memory_map(path, n, side=6):
+    """STL-10's layout: images stored column-major in a file, read as a transposed memory map."""
+    values = np.random.default_rng(0).integers(0, 256, (n, 3, side, side), dtype=np.uint8)
+    values.transpose(0, 1, 3, 2).tofile(path)
+    stored = np.memmap(path, dtype=np.uint8, mode="c", shape=(n, 3, side, side))
+    images = torch.from_numpy(stored).transpose(2, 3)  # (N, C, H, W), not contiguous
+    assert not images.is_contiguous()
+    assert torch.equal(images, torch.from_numpy(values))
+    return ImageDataset(images, torch.arange(n) % 7)
+
+
+CASES = [  # (n, batch_size, keyword arguments)
+    (50, 8, {}),
+    (50, 8, {"start_batch": 3}),
+    (50, 8, {"start_batch": 6}),
+    (23, 7, {"drop_last": False}),
+    (23, 7, {"drop_last": False, "start_batch": 3}),
+    (48, 12, {"rank": 1, "world_size": 2}),
+    (45, 12, {"rank": 2, "world_size": 3, "drop_last": False}),
+    (13, 12, {"rank": 3, "world_size": 4, "drop_last": False}),
+    (30, 10, {"shuffle": False, "drop_last": False, "rank": 0, "world_size": 2}),
+]
+
+
+@pytest.mark.parametrize(("n", "batch_size", "kwargs"), CASES)
+@pytest.mark.parametrize("source", ["memory", "transposed memory map"])
+def test_prefetched_batches_equal_a_plain_gather(tmp_path, n, batch_size, kwargs, source):
+    data = numbered(n) if source == "memory" else transposed_memory_map(tmp_path / "x.bin", n)
+    kwargs = {"seed": 3, "epoch": 2} | kwargs
+    # held all at once: a batch the consumer keeps is never overwritten by a later one
+    got = list(epoch_batches(data, batch_size, **kwargs))
+    assert_same_batches(got, reference(data, batch_size, **kwargs))
+
+
+def prefetch_threads():
+    return [t for t in threading.enumerate() if t.name == "simclrv2-prefetch"]
+
+
+def test_the_next_batch_is_gathered_while_the_consumer_holds_one(monkeypatch):
+    second = threading.Event()
+    calls = []
+
+    def gather(dataset, index):
+        calls.append(len(index))
+        if len(calls) == 2:
+            second.set()
+        return real_gather(dataset, index)
+
+    real_gather = loader._gather
+    monkeypatch.setattr(loader, "_gather", gather)
+    with closing(epoch_batches(numbered(64), 8, seed=0, epoch=0)) as batches:
+        next(batches)
+        assert second.wait(10)  # batch 2 is gathered before it is asked for
+    assert not prefetch_threads()
+
+
+@pytest.mark.parametrize("how", ["break", "close", "exception", "KeyboardInterrupt"])
+def test_leaving_early_stops_the_thread(how):
+    batches = epoch_batches(numbered(400), 8, seed=0, epoch=0)
+    if how in ("break", "close"):
+        for step, _ in enumerate(batches):
+            if step == 2:
+                break
+        assert prefetch_threads()  # still alive: the generator may still be resumed
+        if how == "break":
+            del batches  # the last reference: the generator is closed
+        else:
+            batches.close()
+    else:
+        error = ValueError if how == "exception" else KeyboardInterrupt
+
+        def consume() -> None:
+            with closing(batches):  # as training.fit and evaluation.extract hold them
+                for step, _ in enumerate(batches):
+                    if step == 2:
+                        raise error
+
+        with pytest.raises(error):
+            consume()
+    assert not prefetch_threads()
+
+
+def test_an_error_in_the_gather_is_raised_in_the_consumer(monkeypatch):
+    calls = []
+
+    def gather(dataset, index):
+        calls.append(1)
+        if len(calls) == 3:
+            raise OSError("the memory map went away")
+        return real_gather(dataset, index)
+
+    real_gather = loader._gather
+    monkeypatch.setattr(loader, "_gather", gather)
+    got = []
+    with pytest.raises(OSError, match="went away"):
+        got.extend(epoch_batches(numbered(64), 8, seed=0, epoch=0))
+    assert len(got) == 2
+    assert not prefetch_threads()

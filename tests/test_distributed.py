@@ -11,13 +11,17 @@ from torch import nn
 from multiprocess import run_distributed
 from simclrv2 import distributed
 from simclrv2.build import optimizer_and_schedule
-from simclrv2.config import OptimizerConfig
+from simclrv2.config import Config, OptimizerConfig
 from simclrv2.data import ImageDataset
+from simclrv2.evaluation import extract, knn_scores
+from simclrv2.export import ExportedModel
 from simclrv2.losses import nt_xent
 from simclrv2.metrics import MetricsWriter
 from simclrv2.models import ContrastiveModel, ProjectionHead, build_encoder
 from simclrv2.models.heads import BatchNormNoShift
 from simclrv2.runtime import Runtime
+from simclrv2.scores import VALIDATION
+from simclrv2.stages.evaluate import linear_eval
 from simclrv2.training import Stage, fit
 
 SHARDS = (3, 5)  # samples per process: unequal on purpose, the pooling must weight by count
@@ -199,3 +203,50 @@ def test_two_processes_with_global_batchnorm_train_as_one_process_on_the_global_
         assert got.keys() == expected.keys()
         for name, want in expected.items():
             torch.testing.assert_close(got[name], want, atol=1e-5, rtol=0, msg=name)
+
+
+def _evaluation_data(n: int, seed: int) -> ImageDataset:
+    """``n`` random 16 px RGB images of 3 classes, a few unlabelled."""
+    gen = torch.Generator().manual_seed(seed)
+    images = torch.randint(0, 256, (n, 3, 16, 16), generator=gen, dtype=torch.uint8)
+    labels = torch.arange(n) % 3
+    labels[::7] = -1
+    return ImageDataset(images, labels, ["a", "b", "c"])
+
+
+def _sharded_evaluation(rank: int, world_size: int) -> dict:
+    """extract (a shard per process when there are several), kNN, and the stage's linear
+    evaluation (an L-BFGS probe per L2 penalty, chosen on validation)."""
+    torch.manual_seed(0)
+    encoder = build_encoder("r18_0.125x_sk0", image_size=16).eval()
+    runtime = Runtime(torch.device("cpu"), None, channels_last=False)
+    train, validation = _evaluation_data(37, 1), _evaluation_data(5, 2)  # 5 < a batch: one shard
+    rows = []  # images this process embedded for the training set
+
+    def embed(images: torch.Tensor) -> torch.Tensor:
+        rows.append(len(images))
+        return encoder(images)
+
+    features = {"train": extract(embed, train, runtime, 16, batch_size=8)}
+    features["validation"] = extract(encoder, validation, runtime, 16, batch_size=8)
+    (bank, bank_y), (queries, _) = features["train"], features["validation"]
+    votes = knn_scores(bank[bank_y >= 0], bank_y[bank_y >= 0], queries, 3, k=5)
+    config = Config()
+    config.linear.l2 = [1e-4, 1e-1, 10.0]
+    linear = linear_eval(config, ExportedModel(encoder), train, {VALIDATION: validation}, runtime)
+    return {"features": features, "votes": votes, "linear": linear, "rows": sum(rows)}
+
+
+@pytest.mark.slow
+def test_sharded_extraction_knn_and_linear_evaluation_equal_one_process():
+    (one,) = run_distributed(_sharded_evaluation, 1)
+    two = run_distributed(_sharded_evaluation, 2)
+    assert [got["rows"] for got in two] == [24, 13]  # whole batches of 8: 3 and 2 (one short)
+    for got in two:
+        for name, (features, labels) in one["features"].items():
+            assert torch.equal(got["features"][name][0], features), name
+            assert torch.equal(got["features"][name][1], labels), name
+        assert torch.equal(got["votes"], one["votes"])
+        assert got["linear"] == one["linear"]
+    assert one["features"]["train"][0].shape[0] == 37
+    assert len(one["linear"]["validation_top1_by_l2"]) == 3

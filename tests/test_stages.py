@@ -63,6 +63,7 @@ def test_report_renders_the_runs_numbers(pipeline_run, capsys):
     rows = json.loads((pipeline_run / "results.json").read_text())
     for row in rows:
         assert row["method"] in page and f"{row['top1']:.4g}" in page
+    assert "per class on test:" in page  # precision, recall, F1 and support of each class
     images = sorted((pipeline_run / "report").glob("*.png"))
     names = {p.name for p in images}
     assert {

@@ -111,3 +111,16 @@ def test_tiled_loss_over_two_processes_equals_dense_loss_on_the_global_batch(mon
         torch.testing.assert_close(r["z1"] / 2, g1[shard])
         torch.testing.assert_close(r["z2"] / 2, g2[shard])
     torch.testing.assert_close(sum(r["negatives"] for r in results) / 2, gn)
+
+
+def test_off_cuda_the_dense_loss_is_used_up_to_the_cpu_crossover(monkeypatch):
+    assert losses._dense_limit(torch.device("cpu")) == losses.TILED_ABOVE == 1 << 24
+    calls = []
+    monkeypatch.setattr(losses, "tiled_contrastive_loss", lambda *args: calls.append(1) or 0)
+    z1, z2, _ = _embeddings(4, 8, 0, seed=0)
+    monkeypatch.setattr(losses, "TILED_ABOVE", 8 * 8)  # 2n x 2N = 64 logits: dense
+    nt_xent(z1, z2, 0.5)
+    assert not calls
+    monkeypatch.setattr(losses, "TILED_ABOVE", 8 * 8 - 1)
+    nt_xent(z1, z2, 0.5)
+    assert calls == [1]

@@ -20,15 +20,20 @@ from simclrv2.models import ContrastiveModel, ProjectionHead, ResNet, arch_name,
 from simclrv2.optim import WarmupCosine, build_optimizer, scaled_learning_rate
 
 
+def decoding(settings: DataConfig) -> dict:
+    """How the data settings say to decode a source: :func:`load_dataset`'s keywords but the size."""
+    return {
+        "strict": settings.strict,
+        "cache_dir": settings.cache_dir,
+        "workers": settings.num_workers,
+        "depth": settings.depth_scaling,
+    }
+
+
 def dataset(settings: DataConfig, split: str) -> ImageDataset:
     """One split of the configured data source, at the configured image size."""
     return load_dataset(
-        settings.source,
-        split,
-        image_size=settings.image_size,
-        strict=settings.strict,
-        cache_dir=settings.cache_dir,
-        workers=settings.num_workers,
+        settings.source, split, image_size=settings.image_size, **decoding(settings)
     )
 
 

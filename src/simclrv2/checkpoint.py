@@ -7,6 +7,11 @@ failed write (a full disk) leaves the previous checkpoints as they were. The new
 ``KEEP`` are kept; loading verifies the checksum and falls back to the previous good checkpoint if
 the newest is damaged. Loading uses ``torch.load(weights_only=True)``: a file that needs arbitrary
 pickled objects is refused before anything in it runs.
+
+Training does not wait for the disk: :func:`host_copy` snapshots the state to host memory and a
+:class:`BackgroundWriter` writes it on a thread while the next steps run. The sha256 is computed
+as the bytes go out (no second read), and on resume rank 0 alone verifies and tells the others
+which checkpoint to load.
 """
 
 from __future__ import annotations
@@ -16,14 +21,16 @@ import json
 import pickle
 import re
 import shutil
+import threading
 import warnings
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 import torch
-from torch import nn
+from torch import Tensor, nn
 
+from simclrv2 import distributed
 from simclrv2.atomic import atomic_directory, remove_stale_staging
 from simclrv2.errors import UserError, first_line
 
@@ -69,15 +76,100 @@ def _write(directory: Path, step: int, state: dict[str, Any]) -> Path:
     final = directory / f"{PREFIX}{step:08d}"
     with atomic_directory(final) as staging:
         with open(staging / STATE, "wb", buffering=0) as file:  # a full disk raises OSError
-            torch.save(state, file)
-        manifest = {
-            "step": step,
-            "sha256": sha256(staging / STATE),
-            "bytes": (staging / STATE).stat().st_size,
-        }
+            hashing = _HashingFile(file)
+            torch.save(state, hashing)
+        manifest = {"step": step, "sha256": hashing.digest.hexdigest(), "bytes": hashing.bytes}
         with open(staging / MANIFEST, "w") as file:
             json.dump(manifest, file)
     return final
+
+
+class _HashingFile:
+    """A write-only file that hashes (sha256) and counts the bytes written through it."""
+
+    def __init__(self, file: BinaryIO) -> None:
+        self.file, self.digest, self.bytes = file, hashlib.sha256(), 0
+
+    def write(self, data: bytes) -> int:
+        view = memoryview(data).cast("B")
+        self.digest.update(view)
+        self.bytes += len(view)
+        size = len(view)
+        while view:  # an unbuffered file may take part of a block
+            view = view[self.file.write(view) :]
+        return size
+
+    def flush(self) -> None:
+        self.file.flush()
+
+
+def host_copy(state: Any) -> Any:
+    """``state`` (nested dicts, lists and tuples) with every tensor copied to host memory, so
+    that training may change the originals while the copy is written. Copies off a GPU are
+    queued without blocking (into pinned memory) and waited for once, at the end."""
+    on_gpu = False
+
+    def copy(value: Any) -> Any:
+        nonlocal on_gpu
+        if isinstance(value, Tensor):
+            if value.device.type == "cpu":
+                return value.detach().clone()
+            on_gpu = True
+            return value.detach().to("cpu", non_blocking=True)
+        if isinstance(value, dict):
+            return {key: copy(item) for key, item in value.items()}
+        if isinstance(value, (list, tuple)):
+            return type(value)(copy(item) for item in value)
+        return value
+
+    copied = copy(state)
+    if on_gpu:
+        torch.cuda.synchronize()  # CUDA only: the queued copies have landed
+    return copied
+
+
+class BackgroundWriter:
+    """Writes one thing at a time on a background thread. :meth:`submit` waits for the previous
+    write, then starts the next; :meth:`wait` waits and raises the write's error in the caller's
+    thread. Leaving the ``with`` block waits too: a write's error is raised, or, if another
+    exception is already on its way, noted on it."""
+
+    def __init__(self) -> None:
+        self._thread: threading.Thread | None = None
+        self._error: BaseException | None = None
+
+    def submit(self, write: Callable[..., object], *args: object) -> None:
+        self.wait()
+
+        def run() -> None:
+            try:
+                write(*args)
+            except BaseException as error:  # raised in the caller's thread by wait()
+                self._error = error
+
+        # not a daemon: an interpreter that exits still finishes the write first
+        self._thread = threading.Thread(target=run, name="simclrv2-checkpoint")
+        self._thread.start()
+
+    def wait(self) -> None:
+        if self._thread is not None:
+            self._thread.join()
+            self._thread = None
+        error, self._error = self._error, None
+        if error is not None:
+            raise error
+
+    def __enter__(self) -> BackgroundWriter:
+        return self
+
+    def __exit__(self, kind: object, error: BaseException | None, traceback: object) -> None:
+        if error is None:
+            self.wait()
+            return
+        try:
+            self.wait()
+        except Exception as failed:
+            error.add_note(f"and the checkpoint being written failed: {failed}")
 
 
 def space_needed(directory: Path, modules: Iterable[nn.Module]) -> int:
@@ -143,16 +235,27 @@ def load_latest(
     """The newest checkpoint under ``directory`` that verifies, or None if there is none at all.
 
     Damaged checkpoints are skipped with a warning; if every one is damaged, that is an error.
+    Under several processes rank 0 alone reads the checksums and every process loads the
+    checkpoint it chose (every process calls this at the same point).
     """
-    found = checkpoints(directory)
+    verdict = _newest_good(directory) if distributed.rank() == 0 else None
+    chosen, problems = distributed.broadcast_object(verdict)
+    if chosen is None:
+        if problems:
+            raise UserError(f"no usable checkpoint in {directory}: {'; '.join(problems)}")
+        return None
+    if problems:
+        warnings.warn(f"skipped damaged checkpoints: {'; '.join(problems)}", stacklevel=2)
+    return load_state(chosen / STATE, map_location)
+
+
+def _newest_good(directory: str | Path) -> tuple[Path | None, list[str]]:
+    """The newest checkpoint that verifies (None if none does), and what is wrong with each
+    newer one."""
     problems = []
-    for checkpoint in reversed(found):
+    for checkpoint in reversed(checkpoints(directory)):
         problem = verify(checkpoint)
         if problem is None:
-            if problems:
-                warnings.warn(f"skipped damaged checkpoints: {'; '.join(problems)}", stacklevel=2)
-            return load_state(checkpoint / STATE, map_location)
+            return checkpoint, problems
         problems.append(f"{checkpoint.name}: {problem}")
-    if problems:
-        raise UserError(f"no usable checkpoint in {directory}: {'; '.join(problems)}")
-    return None
+    return None, problems

@@ -26,7 +26,7 @@ from torch import Tensor
 
 from simclrv2.atomic import atomic_file, write_text
 from simclrv2.data import ImageDataset, save_indices, save_names
-from simclrv2.data.folder import decode_image, read_folder
+from simclrv2.data.folder import Decoding, decode_image, read_folder
 from simclrv2.errors import UserError
 from simclrv2.evaluation import extract
 from simclrv2.export import ExportedModel, match_channels
@@ -45,7 +45,7 @@ def read_queries(path: str | os.PathLike, size: int, channels: int) -> ImageData
     (RGB, centre square, bicubic to ``size`` px), with ``channels`` channels (1: grey)."""
     path = Path(path)
     if path.is_dir():
-        queries = read_folder(path, "train", image_size=size)
+        queries = read_folder(path, "train", Decoding(image_size=size))
     elif path.is_file():
         try:
             image = decode_image(path, size)

@@ -105,6 +105,19 @@ def any_process(flag: bool) -> bool:
     return bool(value.item())
 
 
+def gather_rows(x: Tensor, counts: list[int]) -> Tensor:
+    """Every process's ``x`` (``counts[rank]`` rows; the same trailing shape and dtype on all),
+    concatenated in rank order on every process; ``x`` itself in one process. The rows are padded
+    to the largest count for the all-gather (equal shapes, as gloo and NCCL need), then trimmed."""
+    if world_size() == 1:
+        return x
+    padded = x.new_zeros((max(counts), *x.shape[1:]), device=_flag_device())
+    padded[: len(x)] = x
+    parts = [torch.empty_like(padded) for _ in counts]
+    dist.all_gather(parts, padded)
+    return torch.cat([part[:count] for part, count in zip(parts, counts)]).to(x.device)
+
+
 def _coalesced(tensors: list[Tensor], collective: Callable[[Tensor], object]) -> None:
     """Run ``collective`` in place on one flat copy of ``tensors`` per dtype (one message instead of
     hundreds, and any memory format), then copy the result back."""

@@ -11,12 +11,15 @@
 from __future__ import annotations
 
 from collections.abc import Callable
+from contextlib import closing
 from dataclasses import dataclass
+from itertools import pairwise
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from simclrv2 import distributed
 from simclrv2.augment import center_crop
 from simclrv2.data import ImageDataset, epoch_batches
 from simclrv2.runtime import Runtime
@@ -32,16 +35,36 @@ def extract(
     batch_size: int = 512,
 ) -> tuple[Tensor, Tensor]:
     """``fn`` (float images on the device -> (B, D)) over ``data`` in order, centre-cropped as for
-    evaluation; returns (features (N, D) float32 on the CPU, labels (N,))."""
-    features, labels = [], []
-    for images, batch_labels in epoch_batches(
-        data, batch_size, seed=0, epoch=0, shuffle=False, drop_last=False, device=runtime.device
-    ):
-        with runtime.autocast():
-            out = fn(runtime.images(center_crop(images, image_size)))
-        features.append(out.float().cpu())
-        labels.append(batch_labels.cpu())
-    return torch.cat(features), torch.cat(labels)
+    evaluation; returns (features (N, D) float32 on the CPU, labels (N,)).
+
+    Under several processes each extracts a contiguous run of whole batches (the batches one
+    process would extract, so the features are the same) and every process receives all of them
+    in order: every process must call it at the same point.
+    """
+    starts = _shard_starts(len(data), batch_size, distributed.world_size())
+    start, stop = starts[distributed.rank()], starts[distributed.rank() + 1]
+    shard = ImageDataset(data.images[start:stop], data.labels[start:stop])  # views
+    if start == stop:  # nothing left for this process: one image gives the feature width
+        shard = ImageDataset(data.images[:1], data.labels[:1])
+    features = []
+    batches = epoch_batches(
+        shard, batch_size, seed=0, epoch=0, shuffle=False, drop_last=False, device=runtime.device
+    )
+    with closing(batches):
+        for images, _ in batches:
+            with runtime.autocast():
+                out = fn(runtime.images(center_crop(images, image_size)))
+            features.append(out.float().cpu())
+    counts = [b - a for a, b in pairwise(starts)]
+    features = torch.cat(features)[: stop - start]
+    return distributed.gather_rows(features, counts), data.labels.clone()
+
+
+def _shard_starts(n: int, batch_size: int, processes: int) -> list[int]:
+    """Where each process's rows of ``n`` begin (and the end, ``n``): runs of whole batches."""
+    batches = -(-n // batch_size)
+    per_process = -(-batches // processes) * batch_size
+    return [min(rank * per_process, n) for rank in range(processes)] + [n]
 
 
 @torch.no_grad()
@@ -74,18 +97,22 @@ def knn_scores(
     k: int = 200,
     temperature: float = 0.1,
     chunk: int = 1024,
+    device: str | torch.device = "cpu",
 ) -> Tensor:
-    """Class scores (Q, C) of weighted kNN: the k most cosine-similar bank rows vote exp(sim / tau)."""
-    bank = F.normalize(bank, dim=1)
+    """Class scores (Q, C) on the CPU of weighted kNN: the k most cosine-similar bank rows vote
+    exp(sim / tau). Computed on ``device``, ``chunk`` queries at a time (a (chunk, N) matrix)."""
+    bank = F.normalize(bank.to(device), dim=1)  # (N, D)
+    bank_labels = bank_labels.to(device)
     k = min(k, bank.shape[0])
     scores = []
     for start in range(0, queries.shape[0], chunk):
-        similarity = F.normalize(queries[start : start + chunk], dim=1) @ bank.T  # (q, N)
+        part = queries[start : start + chunk].to(device)
+        similarity = F.normalize(part, dim=1) @ bank.T  # (q, N)
         top_sim, top_idx = similarity.topk(k, dim=1)  # (q, k)
-        votes = torch.zeros(similarity.shape[0], num_classes)
+        votes = torch.zeros(similarity.shape[0], num_classes, device=device)
         votes.scatter_add_(1, bank_labels[top_idx], (top_sim / temperature).exp())
         scores.append(votes)
-    return torch.cat(scores)
+    return torch.cat(scores).cpu()
 
 
 @dataclass
@@ -102,10 +129,16 @@ class LinearProbe:
 
 
 def fit_linear_lbfgs(
-    features: Tensor, labels: Tensor, num_classes: int, l2: float = 1e-4, max_iter: int = 300
+    features: Tensor,
+    labels: Tensor,
+    num_classes: int,
+    l2: float = 1e-4,
+    max_iter: int = 300,
+    device: str | torch.device = "cpu",
 ) -> LinearProbe:
-    """Multinomial logistic regression with an L2 penalty ``l2 * ||W||^2 / 2``, fitted by L-BFGS."""
-    features = features.double()
+    """Multinomial logistic regression with an L2 penalty ``l2 * ||W||^2 / 2``, fitted by L-BFGS
+    in float64 on ``device``; the probe comes back on the CPU."""
+    features, labels = features.to(device, torch.float64), labels.to(device)
     mean, std = features.mean(0), features.std(0).clamp_min(1e-6)
     x = (features - mean) / std
     weight = torch.zeros(num_classes, x.shape[1], dtype=x.dtype, requires_grad=True)
@@ -121,7 +154,8 @@ def fit_linear_lbfgs(
         return loss
 
     optimizer.step(closure)
-    return LinearProbe(weight.detach().float(), bias.detach().float(), mean.float(), std.float())
+    fitted = (weight.detach(), bias.detach(), mean, std)
+    return LinearProbe(*(t.float().cpu() for t in fitted))
 
 
 def fit_linear_sgd(

@@ -8,10 +8,11 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from simclrv2 import distributed
-from simclrv2.losses_tiled import tiled_contrastive_loss
+from simclrv2.losses_tiled import cuda_dense_limit, tiled_contrastive_loss
 
-# Logits (2n x (2N + K)) above which the tiled loss is used: past the measured crossover
-# (2N = 2048 on a CPU, benchmarks/memory.py): 2N above 4096 views in one process.
+# Logits (2n x (2N + K)) above which the tiled loss is used off CUDA: past the measured crossover
+# (2N = 2048 on a CPU, benchmarks/memory.py): 2N above 4096 views in one process. On CUDA the
+# dense loss is faster, and used while it fits in the free memory (cuda_dense_limit).
 TILED_ABOVE = 1 << 24
 
 
@@ -27,8 +28,9 @@ def nt_xent(z1: Tensor, z2: Tensor, temperature: float, negatives: Tensor | None
     paper's mean over all 2N views once gradients are averaged across processes. The authors' code
     sums the two directions and averages over images, which is exactly 2x this value.
 
-    Computed in fp32 (also under autocast). Above :data:`TILED_ABOVE` logits, in row/column tiles
-    that never hold the (2n, 2N + K) similarity matrix (:mod:`simclrv2.losses_tiled`).
+    Computed in fp32 (also under autocast). Above :data:`TILED_ABOVE` logits (on CUDA: above what
+    fits in a quarter of the free memory), in row/column tiles that never hold the (2n, 2N + K)
+    similarity matrix (:mod:`simclrv2.losses_tiled`).
     """
     with torch.autocast(z1.device.type, enabled=False):
         dtype = torch.promote_types(z1.dtype, torch.float32)
@@ -43,11 +45,16 @@ def nt_xent(z1: Tensor, z2: Tensor, temperature: float, negatives: Tensor | None
         own = torch.arange(n, device=z1.device) + distributed.rank() * n  # global image index
         excluded = torch.cat([own, own + big_n])  # each view's own column: no self-pairs
         positives = torch.cat([own + big_n, own])
-        if queries.shape[0] * keys.shape[0] > TILED_ABOVE:
+        if queries.shape[0] * keys.shape[0] > _dense_limit(queries.device):
             return tiled_contrastive_loss(queries, keys, positives, excluded, temperature)
         logits = queries @ keys.T / temperature  # (2n, 2N + K)
         logits = logits.scatter(1, excluded[:, None], float("-inf"))  # no self-pairs
         return F.cross_entropy(logits, positives)
+
+
+def _dense_limit(device: torch.device) -> int:
+    """The most logits the dense NT-Xent computes on ``device`` before it tiles."""
+    return cuda_dense_limit(device) if device.type == "cuda" else TILED_ABOVE
 
 
 def labelled_cross_entropy(logits: Tensor, targets: Tensor) -> Tensor:

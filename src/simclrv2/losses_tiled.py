@@ -15,10 +15,26 @@ block; time: about 1.3x the dense matrix products (the backward recomputes s).
 
 from __future__ import annotations
 
+import functools
+
 import torch
 from torch import Tensor
 
 TILE = 1024  # rows and columns of a block: 4 MiB of fp32 logits, in cache, and big enough matmuls
+DENSE_BYTES_PER_LOGIT = 16  # the dense loss's fp32 logits, their masked copy, softmax, gradient
+DENSE_SHARE = 4  # the dense loss may take 1 / DENSE_SHARE of the memory free on a GPU
+
+
+@functools.cache
+def cuda_dense_limit(device: torch.device) -> int:
+    """CUDA only. The most logits the dense loss may hold on ``device``: a quarter of the memory
+    free for tensors there (the driver's free memory plus what the caching allocator holds
+    unused; host-side queries, no wait on the device) at 16 bytes a logit. Measured once per
+    process, at the first loss (after a forward has allocated its activations), so every step
+    of a run takes the same path."""
+    free, _ = torch.cuda.mem_get_info(device)
+    free += torch.cuda.memory_reserved(device) - torch.cuda.memory_allocated(device)
+    return free // DENSE_SHARE // DENSE_BYTES_PER_LOGIT
 
 
 def _block(

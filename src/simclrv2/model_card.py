@@ -92,7 +92,8 @@ def _data(info: dict, input_side: tuple[int, str]) -> str:
         return f"## Data\n\nNot recorded in this export. Input side: {side} px ({where})."
     splits = data.get("splits") if isinstance(data.get("splits"), dict) else {}
     named = [key for key in ("source", "labelled", "unlabelled", "test") if data.get(key)]
-    lines = [f"- {key}: `{data[key]}`" for key in named]
+    sources = {key: data[key] if isinstance(data[key], list) else [data[key]] for key in named}
+    lines = [f"- {key}: {', '.join(f'`{s}`' for s in sources[key])}" for key in named]
     lines.append(f"- image side: {side} px ({where})")
     for name, split in splits.items():
         if isinstance(split, dict):

@@ -194,6 +194,17 @@ def _confusion(stage: Path, out: Path) -> str | None:
     return _save(figure, out / f"{stage.name}-confusion.png")
 
 
+def _per_class_table(stage: Path) -> str:
+    """Precision, recall, F1 and support per class on the split a stage reports, as HTML."""
+    results = _read_json(stage / "results.json")
+    per_class = results.get("per_class") if isinstance(results, dict) else None
+    if not isinstance(per_class, dict):
+        return ""
+    rows = [{"class": name, **scores} for name, scores in per_class.items()]
+    split = html.escape(str(results.get("split", "")))
+    return f"<p>per class on {split}:</p><pre>{html.escape(format_table(rows))}</pre>"
+
+
 def _pretrained_encoder(run: Path, config, data) -> tuple[torch.nn.Module, str] | None:
     """The pretrained encoder of a run and where it came from: the exported model of a finished
     pretraining, else the newest checkpoint of an interrupted one, else None."""
@@ -230,7 +241,7 @@ def _embedding_map(run: Path, out: Path) -> str | None:
     from simclrv2.scores import reported_split
 
     config = load_run_config(run)
-    evaluation = load_run_data(config.data, pools=False).evaluation
+    evaluation = load_run_data(config.data, with_pools=False).evaluation
     if not evaluation:
         return None
     split = reported_split(evaluation)
@@ -263,7 +274,7 @@ def _augmentations(run: Path, out: Path) -> str | None:
     from simclrv2.visualize import augmentation_grid
 
     config = load_run_config(run)
-    data = load_run_data(config.data, pools=False).pool
+    data = load_run_data(config.data, with_pools=False).pool
     augment = build.pretrain_augment(config.augment, data.image_size)
     grid = augmentation_grid(
         data.images[:8], augment, views=6, generator=torch.Generator().manual_seed(0)
@@ -332,7 +343,8 @@ def build_report(run: str | Path) -> Path:
             _confusion(stage, out),
         ]
         images = "".join(f'<img src="{FIGURES}/{name}">' for name in figures if name)
-        sections.append(f"<h2>{html.escape(stage.name)}</h2>{images or '<p>no metrics yet</p>'}")
+        body = (images or "<p>no metrics yet</p>") + _per_class_table(stage)
+        sections.append(f"<h2>{html.escape(stage.name)}</h2>{body}")
     for title, render in (("Embeddings", _embedding_map), ("Augmentations", _augmentations)):
         try:
             name = render(run, out)

@@ -22,6 +22,7 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
+from simclrv2 import build
 from simclrv2.config import DataConfig
 from simclrv2.data import ImageDataset, load_dataset, save_indices, save_names
 from simclrv2.data.dataset import UNLABELLED, concatenate
@@ -88,14 +89,7 @@ class RunData:
 
 def _loader(settings: DataConfig):
     def load(source: str | None, split: str, image_size: int | None) -> ImageDataset:
-        return load_dataset(
-            source,
-            split,
-            image_size=image_size,
-            strict=settings.strict,
-            cache_dir=settings.cache_dir,
-            workers=settings.num_workers,
-        )
+        return load_dataset(source, split, image_size=image_size, **build.decoding(settings))
 
     return load
 
@@ -137,20 +131,14 @@ def _warn_shared(labelled: ImageDataset, test: ImageDataset) -> None:
         )
 
 
-def load_run_data(settings: DataConfig, pools: bool = True) -> RunData:
-    """Every image the ``data`` settings name, by role (the module docstring); without
-    ``pools``, the labelled ones alone (for a report: the pool is then the training images)."""
-    if settings.source is not None and settings.labelled is not None:
-        raise UserError(
-            "data.source (the benchmark protocol) and data.labelled (your labelled images) "
-            "exclude each other; give --data or --labelled, not both"
-        )
-    own = settings.labelled is not None or bool(settings.unlabelled)
-    load = _loader(settings)
-    size = settings.image_size
-    with_pools, pools = pools, []
-    labelled, test = None, None
-    if not own:
+def _load_sources(
+    settings: DataConfig, with_pools: bool
+) -> tuple[ImageDataset | None, list[ImageDataset], ImageDataset | None]:
+    """(the labelled set, the unlabelled pools, the test set) the settings name, each decoded at
+    the side of the first one loaded."""
+    load, size = _loader(settings), settings.image_size
+    labelled, pools, test = None, [], None
+    if settings.labelled is None and not settings.unlabelled:  # the benchmark protocol
         splits = source_splits(settings.source)
         labelled = load(settings.source, "train", size)
         if settings.unlabelled_split in splits and with_pools:
@@ -161,21 +149,32 @@ def load_run_data(settings: DataConfig, pools: bool = True) -> RunData:
         labelled = load(settings.labelled, _own_split(settings.labelled, "train"), size)
     for source in settings.unlabelled if with_pools or labelled is None else ():
         pools.append(load(source, _own_split(source, "unlabeled"), size or _size(labelled, pools)))
-    size = _size(labelled, pools)
     if settings.test is not None:
-        test = load(settings.test, _own_split(settings.test, "test"), size)
+        test = load(settings.test, _own_split(settings.test, "test"), _size(labelled, pools))
+    return labelled, pools, test
+
+
+def load_run_data(settings: DataConfig, with_pools: bool = True) -> RunData:
+    """Every image the ``data`` settings name, by role (the module docstring); without
+    ``with_pools``, the labelled ones alone (for a report: the pool is then the training images)."""
+    if settings.source is not None and settings.labelled is not None:
+        raise UserError(
+            "data.source (the benchmark protocol) and data.labelled (your labelled images) "
+            "exclude each other; give --data or --labelled, not both"
+        )
+    own = settings.labelled is not None or bool(settings.unlabelled)
+    labelled, pools, test = _load_sources(settings, with_pools)
     labelled_count = 0 if labelled is None else int((labelled.labels >= 0).sum())
     if labelled_count == 0:  # no labels at all (a flat folder): a pretraining run
         unlabelled = pools if labelled is None else [labelled, *pools]
         return RunData(_pool(None, unlabelled), None, None, None, 0, [], own)
 
     classes = labelled.classes
-    present = int((labelled.labels[labelled.labels >= 0].unique()).numel())
+    present = int(labelled.labels[labelled.labels >= 0].unique().numel())
     if present < 2:
         raise UserError(
-            f"the labelled set has {present} class{'es' if present != 1 else ''} "
-            f"({', '.join(classes) or 'no labels'}); a classifier needs at least two: "
-            "add class folders (or CSV labels) of another class"
+            f"the labelled set has {present} class ({', '.join(classes)}); a classifier needs at "
+            "least two: add class folders (or CSV labels) of another class"
         )
     if test is not None:
         test = _aligned(test, classes, "test")
@@ -184,12 +183,11 @@ def load_run_data(settings: DataConfig, pools: bool = True) -> RunData:
     _, held = stratified_holdout(
         labelled.labels, settings.validation_fraction, settings.validation_seed, classes
     )
-    rgb = any(d.channels == 3 for d in (labelled, *pools, *([test] if test else [])))
     labels = labelled.labels.clone()
-    labels[held] = UNLABELLED
+    labels[held] = UNLABELLED  # validation: out of every labelled use, in the pool unlabelled
     train = ImageDataset(labelled.images, labels, classes, labelled.names, labelled.skipped)
     validation = labelled.subset(held) if len(held) else None
-    if rgb:
+    if any(d.channels == 3 for d in (labelled, *pools, *([test] if test else []))):
         train, validation, test = (d.to_rgb() if d else d for d in (train, validation, test))
     pool = _pool(train, pools)
     return RunData(pool, train, validation, test, labelled_count, held.tolist(), own)

@@ -6,8 +6,10 @@
 the stage's ``step`` (forward and loss, under autocast), backward and the optimiser, a progress bar,
 metrics, checkpoints every ``checkpoint_every`` steps and at each epoch end, and exact resume:
 modules, optimiser, schedule position, the augmentation generator and the position inside the epoch
-(the data order is a function of the seed and the epoch). SIGTERM or SIGINT finish the current
-step, write a checkpoint and raise :class:`Interrupted`. A non-finite loss stops the run with the
+(the data order is a function of the seed and the epoch). A checkpoint is a snapshot in host
+memory that rank 0 writes on a background thread while training goes on; the next checkpoint,
+the end of training and a stop wait for it, and a failed write raises there. SIGTERM or SIGINT
+finish the current step, write a checkpoint and raise :class:`Interrupted`. A non-finite loss stops the run with the
 step and the likely cause, and the last good checkpoint stays in place.
 
 A step reads nothing back to the host, which would leave a GPU idle until it caught up: the
@@ -22,6 +24,7 @@ import signal
 import threading
 import time
 from collections.abc import Callable
+from contextlib import closing
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -30,7 +33,14 @@ from torch import Tensor, nn
 
 from simclrv2 import distributed
 from simclrv2.atomic import write_text
-from simclrv2.checkpoint import checkpoints, load_latest, save_checkpoint, space_needed
+from simclrv2.checkpoint import (
+    BackgroundWriter,
+    checkpoints,
+    host_copy,
+    load_latest,
+    save_checkpoint,
+    space_needed,
+)
 from simclrv2.config import Config
 from simclrv2.data import ImageDataset, batches_per_epoch, epoch_batches
 from simclrv2.errors import Interrupted, UserError, first_line
@@ -282,14 +292,18 @@ def fit(
     parameters = [p for group in optimizer.param_groups for p in group["params"]]
     loss_record = _LossRecord(runtime.device)
 
+    writer = BackgroundWriter()  # rank 0's checkpoints, written while training goes on
+
     def stop_if_diverged() -> None:
         """Raise the divergence error if any loss so far was not finite (a host read)."""
         found = loss_record.read()
         if found is not None:
+            writer.wait()  # the error names the newest checkpoint on disk
             step, loss = found
             raise _diverged(stage, f"the loss became {loss}", step, schedule(step - 1), batch_size)
 
     def checkpoint() -> None:
+        writer.wait()  # one snapshot in host memory at a time; a failed write raises here
         stop_if_diverged()
         broken = _first_non_finite(modules)
         if broken is not None:  # never replace the last good checkpoint with these weights
@@ -303,9 +317,14 @@ def fit(
                 "rng": rng,
                 "position": asdict(position),
             }
-            save_checkpoint(stage.checkpoints, position.step, state)
+            writer.submit(save_checkpoint, stage.checkpoints, position.step, host_copy(state))
         if distributed.is_distributed():
             torch.distributed.barrier()
+
+    def interrupted() -> Interrupted:
+        """The stop, once the checkpoint just started is on disk."""
+        writer.wait()
+        return Interrupted(stage.directory, position.step)
 
     steps_per_epoch = batches_per_epoch(
         len(data), batch_size, drop_last=drop_last, world_size=distributed.world_size()
@@ -315,7 +334,8 @@ def fit(
     if is_main:  # a full disk is reported now, not at the first checkpoint
         check_writable(stage.checkpoints, space_needed(stage.checkpoints, modules.values()))
     bar = progress_bar(epochs * steps_per_epoch, position.step, stage.name, enabled=is_main)
-    with bar, _StopSignal() as stop:  # the bar is closed however training ends
+    # however training ends, the bar is closed and the last checkpoint write waited for
+    with bar, _StopSignal() as stop, writer:
         while position.epoch < epochs:
             batches = epoch_batches(
                 data,
@@ -330,52 +350,55 @@ def fit(
             )
             # images_per_s is timed from the epoch's start, the last row or the last checkpoint
             since = time.perf_counter(), position.step
-            for images, labels in batches:
-                lr = schedule(position.step)
-                set_learning_rate(optimizer, lr)
-                with runtime.autocast():
-                    values = step_fn(images, labels, generator)
-                objective = values.pop("objective", values["loss"])
-                loss_record.update(position.step + 1, objective.detach())
-                optimizer.zero_grad(set_to_none=True)
-                objective.backward()
-                distributed.average_gradients(parameters)
-                optimizer.step()
-                position.step += 1
-                position.batch += 1
-                logged = position.step % LOG_EVERY == 0 or position.batch == steps_per_epoch
-                due = (
-                    checkpoint_every > 0
-                    and position.step % checkpoint_every == 0
-                    and position.batch < steps_per_epoch  # the epoch's end writes one below
-                )
-                if logged:
-                    stop_if_diverged()
-                    averaged = distributed.mean_over_processes(values)  # the global batch's
-                    scalars = {k: v.item() for k, v in averaged.items()}  # the device caught up
-                    now = time.perf_counter()
-                    rate = batch_size * (position.step - since[1]) / (now - since[0])
-                    since = now, position.step
-                    scalars |= {"lr": lr, "images_per_s": rate}
-                    stage.metrics.write(
-                        position.step, position.epoch + position.batch / steps_per_epoch, scalars
+            with closing(batches):  # the loader's thread stops however the epoch ends
+                for images, labels in batches:
+                    lr = schedule(position.step)
+                    set_learning_rate(optimizer, lr)
+                    with runtime.autocast():
+                        values = step_fn(images, labels, generator)
+                    objective = values.pop("objective", values["loss"])
+                    loss_record.update(position.step + 1, objective.detach())
+                    optimizer.zero_grad(set_to_none=True)
+                    objective.backward()
+                    distributed.average_gradients(parameters)
+                    optimizer.step()
+                    position.step += 1
+                    position.batch += 1
+                    logged = position.step % LOG_EVERY == 0 or position.batch == steps_per_epoch
+                    due = (
+                        checkpoint_every > 0
+                        and position.step % checkpoint_every == 0
+                        and position.batch < steps_per_epoch  # the epoch's end writes one below
                     )
-                    bar.set_postfix(
-                        loss=f"{scalars['loss']:.4f}",
-                        lr=f"{lr:.3g}",
-                        img_s=f"{rate:.0f}",
-                        refresh=False,
-                    )
-                bar.update(1)
-                # the stop flag: a Python bool in one process; under several an all-reduce, made
-                # only at the steps where every process reads anyway (all reach the same ones)
-                polled = logged or due or distributed.world_size() == 1
-                if polled and distributed.any_process(stop.requested):
-                    checkpoint()
-                    raise Interrupted(stage.directory, position.step)
-                if due:
-                    checkpoint()
-                    since = time.perf_counter(), position.step
+                    if logged:
+                        stop_if_diverged()
+                        averaged = distributed.mean_over_processes(values)  # the global batch's
+                        scalars = {k: v.item() for k, v in averaged.items()}  # the device caught up
+                        now = time.perf_counter()
+                        rate = batch_size * (position.step - since[1]) / (now - since[0])
+                        since = now, position.step
+                        scalars |= {"lr": lr, "images_per_s": rate}
+                        stage.metrics.write(
+                            position.step,
+                            position.epoch + position.batch / steps_per_epoch,
+                            scalars,
+                        )
+                        bar.set_postfix(
+                            loss=f"{scalars['loss']:.4f}",
+                            lr=f"{lr:.3g}",
+                            img_s=f"{rate:.0f}",
+                            refresh=False,
+                        )
+                    bar.update(1)
+                    # the stop flag: a Python bool in one process; under several an all-reduce, made
+                    # only at the steps where every process reads anyway (all reach the same ones)
+                    polled = logged or due or distributed.world_size() == 1
+                    if polled and distributed.any_process(stop.requested):
+                        checkpoint()
+                        raise interrupted()
+                    if due:
+                        checkpoint()
+                        since = time.perf_counter(), position.step
             position.epoch += 1
             position.batch = 0
             if end_of_epoch is not None:
@@ -392,5 +415,5 @@ def fit(
                     )
             checkpoint()
             if distributed.any_process(stop.requested):  # it came during the epoch-end monitors
-                raise Interrupted(stage.directory, position.step)
+                raise interrupted()
     return position

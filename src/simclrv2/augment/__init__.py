@@ -1,8 +1,8 @@
 r"""SimCLR's augmentation on whole batches, on whatever device holds them (SimCLR App. A).
 
-Every function is pure: it takes a uint8 batch (N, C, H, W) with C = 1 or 3 and, where it draws,
-a ``torch.Generator`` on the batch's device, and returns float32 (N, C, size, size) in [0, 1]
-without mean/std normalisation (the reference applies none). Every image and every call draws
+Every function is pure: it takes a uint8 batch (N, C, H, W) (C = 1, 3 or a band count) and,
+where it draws, a ``torch.Generator`` on the batch's device, and returns float32 (N, C, size,
+size) in [0, 1] without mean/std normalisation (the reference applies none). Every image and every call draws
 its own parameters; the same generator state gives the same output (bit for bit on CPU).
 
 Public names (modules: ``crops``, ``colour``, ``views``):

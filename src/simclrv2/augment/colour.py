@@ -35,9 +35,9 @@ def adjust_saturation(x: Tensor, factor: Tensor) -> Tensor:
 
     With V = max and S = (max - min) / max, scaling S by f moves every channel to V - f (V - x)
     (hue and value unchanged), so the HSV round trip reduces to that, with f capped at 1 / S
-    where the clip to S = 1 binds. Identity on one channel.
+    where the clip to S = 1 binds. Identity unless there are 3 channels.
     """
-    if x.shape[1] == 1:
+    if x.shape[1] != 3:  # grey or a multi-band stack: no hue, saturation or grey
         return x
     value = x.amax(dim=1, keepdim=True)  # (N, 1, H, W)
     spread = value - x.amin(dim=1, keepdim=True)
@@ -46,14 +46,14 @@ def adjust_saturation(x: Tensor, factor: Tensor) -> Tensor:
 
 
 def adjust_hue(x: Tensor, delta: Tensor) -> Tensor:
-    """``tf.image.adjust_hue``: HSV hue plus ``delta`` turns (N,), modulo 1. Identity on 1 channel.
+    """``tf.image.adjust_hue``: HSV hue plus ``delta`` turns (N,), modulo 1. Identity unless RGB.
 
     Branch-free (no ``where`` or comparisons, several times faster on CPU): the hue in sextants
     from the max channel (ties to the first, as TF), plus the shift; then HSV -> RGB as
     min + chroma * clip(d - 1, 0, 1), with d the distance of hue + n (n = 3, 1, -1 for R, G, B)
     to the nearest multiple of 6 (a triangle wave, unrolled as nested absolute values).
     """
-    if x.shape[1] == 1:
+    if x.shape[1] != 3:  # grey or a multi-band stack: no hue, saturation or grey
         return x
     r, g, b = x.unbind(dim=1)  # (N, H, W) each
     value = torch.maximum(torch.maximum(r, g), b)
@@ -72,8 +72,8 @@ def adjust_hue(x: Tensor, delta: Tensor) -> Tensor:
 
 
 def to_grayscale(x: Tensor) -> Tensor:
-    """``tf.image.rgb_to_grayscale`` copied to every channel. Identity on one channel."""
-    if x.shape[1] == 1:
+    """``tf.image.rgb_to_grayscale`` copied to every channel. Identity unless RGB."""
+    if x.shape[1] != 3:  # grey or a multi-band stack: no hue, saturation or grey
         return x
     w_r, w_g, w_b = GRAY_WEIGHTS
     gray = (x[:, 0] * w_r).add_(x[:, 1], alpha=w_g).add_(x[:, 2], alpha=w_b)  # (N, H, W)

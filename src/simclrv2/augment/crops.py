@@ -26,10 +26,11 @@ CropSampler = Literal["area", "tf"]
 
 
 def check_images(images: Tensor) -> None:
-    """The input contract of every augmentation: a uint8 batch (N, 1 or 3, H, W)."""
-    if images.dtype != torch.uint8 or images.dim() != 4 or images.shape[1] not in (1, 3):
+    """The input contract of every augmentation: a uint8 batch (N, C, H, W), C >= 1 (grey, RGB
+    or a multi-band stack, whose colour operations but brightness and contrast are skipped)."""
+    if images.dtype != torch.uint8 or images.dim() != 4 or images.shape[1] < 1:
         raise UserError(
-            f"expected a uint8 batch (N, 1 or 3, H, W), got {images.dtype} {tuple(images.shape)}"
+            f"expected a uint8 batch (N, C, H, W), got {images.dtype} {tuple(images.shape)}"
         )
 
 

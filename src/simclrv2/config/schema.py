@@ -95,6 +95,8 @@ class DataConfig:
     cache_dir: str | None = None  # on-disk uint8 cache for decoded image folders
     num_workers: int = at_least(0, 2)  # decoding processes for image folders; 0 = one per CPU
     strict: bool = False  # a corrupt image is an error (else skipped with a warning and a count)
+    # 16-bit and float images into 0-255: the type's full range, or each image's min-max
+    depth_scaling: Literal["full", "image"] = "full"
 
 
 JitterOp = Literal["brightness", "contrast", "saturation", "hue"]

@@ -4,23 +4,30 @@ Layouts: ``root/<class>/**/<image>`` (classes in sorted order are labels 0, 1, .
 ``root/<image>`` (labels -1), optionally split as ``root/train``, ``root/test`` (or ``root/val``,
 ImageNet's) and ``root/unlabeled``; a folder without split sub-folders is the "train" split.
 
-The images are decoded ONCE, by Pillow in worker processes, into one fixed-size uint8 array: RGB,
-the centre square of the shorter side, resized (bicubic, antialiased) to ``size`` px. Training
-then sees the same fixed-size uint8 batches as for every other source and never decodes during
-an epoch; random crops are taken from this stored square. With a ``cache_dir`` the array is
-written there as a ``.npy`` (plus a ``.json`` of labels and names), keyed by the folder's file
-names, sizes and modification times and by ``size``, and later runs memory-map it instead of
-decoding. An image that cannot be decoded is skipped and counted in one warning, or stops the
-load with a one-line error under ``strict``.
+The images are decoded ONCE, in worker processes, into one fixed-size uint8 array of the folder's
+channels (:mod:`simclrv2.data.decode`: grey, RGB or C bands; deep images scaled), the centre
+square of the shorter side, resized (bicubic, antialiased) to ``size`` px. Training then sees the
+same fixed-size uint8 batches as for every other source and never decodes during an epoch; random
+crops are taken from this stored square. With a ``cache_dir`` the array is written there as a
+``.npy`` (plus a ``.json`` of labels and names), keyed by the folder's file names, sizes,
+modification times and labels, by ``size`` and the depth rule, so a folder that changes gets a
+new entry; later runs memory-map it instead of decoding, and processes that start together (the
+ranks of a torchrun node) wait on a lock while one of them builds it. An image that cannot be
+decoded is skipped and counted in one warning, or stops the load with a one-line error under
+``strict``.
 """
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import hashlib
 import json
 import os
 import warnings
+from collections.abc import Iterator
 from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -29,6 +36,7 @@ from PIL import Image
 
 from simclrv2.atomic import atomic_file, write_text
 from simclrv2.data.dataset import UNLABELLED, ImageDataset, check_split
+from simclrv2.data.decode import DepthScaling, decode_image, folder_channels
 from simclrv2.errors import UserError
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".ppm"}
@@ -40,7 +48,7 @@ SPLIT_FOLDERS = {
 }
 DEFAULT_MAX_SIZE = 224  # default side: the first image's shorter side, at most this (ImageNet's)
 CHUNK = 64  # images per task sent to a worker process (smaller folders: no processes)
-CACHE_VERSION = 1  # part of the cache key: bump when the decoding changes
+CACHE_VERSION = 2  # part of the cache key: bump when the decoding changes
 
 
 def _visible(path: Path) -> bool:
@@ -98,28 +106,17 @@ def list_images(root: Path) -> tuple[list[Path], list[int], list[str]]:
     return files, labels, classes
 
 
-def decode_image(path: str | os.PathLike, size: int) -> np.ndarray:
-    """One image as uint8 (3, size, size): RGB, the centre square, bicubic resize to ``size``."""
-    with Image.open(path) as image:
-        image.draft("RGB", (size, size))  # JPEG: decode at 1/2, 1/4 or 1/8 scale, never below size
-        image = image.convert("RGB")
-    width, height = image.size
-    side = min(width, height)
-    left, top = (width - side) // 2, (height - side) // 2
-    box = (left, top, left + side, top + side)
-    image = image.resize((size, size), Image.Resampling.BICUBIC, box=box)
-    return np.asarray(image).transpose(2, 0, 1)
-
-
-def _decode_chunk(paths: list[str], size: int) -> tuple[np.ndarray, list[tuple[int, str]]]:
+def _decode_chunk(
+    paths: list[str], size: int, channels: int, depth: DepthScaling
+) -> tuple[np.ndarray, list[tuple[int, str]]]:
     """Decode a chunk in a worker: (the decoded images, (position, problem) of each failure)."""
     decoded, failures = [], []
     for position, path in enumerate(paths):
         try:
-            decoded.append(decode_image(path, size))
+            decoded.append(decode_image(path, size, channels, depth))
         except Exception as error:  # Pillow raises many types for damaged files; all mean "skip"
             failures.append((position, f"{type(error).__name__}: {error}"))
-    images = np.stack(decoded) if decoded else np.empty((0, 3, size, size), np.uint8)
+    images = np.stack(decoded) if decoded else np.empty((0, channels, size, size), np.uint8)
     return images, failures
 
 
@@ -131,14 +128,15 @@ def _undecodable(path: Path | str, problem: str) -> UserError:
 
 
 def _decode_all(
-    files: list[Path], size: int, out: np.ndarray, workers: int, strict: bool
+    files: list[Path], out: np.ndarray, depth: DepthScaling, workers: int, strict: bool
 ) -> list[tuple[int, str]]:
-    """Decode ``files`` into the first rows of ``out``, in order, skipping failures (raising on
-    the first under ``strict``); returns (file index, problem) of each skipped file."""
+    """Decode ``files`` into the first rows of ``out`` (N, C, size, size), in order, skipping
+    failures (raising on the first under ``strict``); returns (file index, problem) of each
+    skipped file."""
     chunks = [[str(f) for f in files[i : i + CHUNK]] for i in range(0, len(files), CHUNK)]
-    sizes = [size] * len(chunks)
+    shape = [[out.shape[-1]] * len(chunks), [out.shape[1]] * len(chunks), [depth] * len(chunks)]
     pool = ProcessPoolExecutor(workers) if workers > 1 and len(chunks) > 1 else None
-    results = pool.map(_decode_chunk, chunks, sizes) if pool else map(_decode_chunk, chunks, sizes)
+    results = (pool.map if pool else map)(_decode_chunk, chunks, *shape)
     skipped, row = [], 0
     try:
         for start, (images, failures) in zip(range(0, len(files), CHUNK), results):
@@ -167,10 +165,12 @@ def _default_size(root: Path, files: list[Path]) -> int:
     )
 
 
-def _cache_stem(root: Path, files: list[Path], labels: list[int], size: int) -> str:
-    """``<folder>-<size>px-<key>``; the key hashes ``size`` and every file's name, bytes, mtime
-    and label."""
-    digest = hashlib.sha256(f"{CACHE_VERSION} {root.resolve()} {size}".encode())
+def _cache_stem(
+    root: Path, files: list[Path], labels: list[int], size: int, depth: DepthScaling
+) -> str:
+    """``<folder>-<size>px-<key>``; the key hashes ``size``, the depth rule and every file's
+    name, bytes, mtime and label."""
+    digest = hashlib.sha256(f"{CACHE_VERSION} {root.resolve()} {size} {depth}".encode())
     for path, label in zip(files, labels):
         stat = path.stat()
         name = os.path.relpath(path, root)
@@ -190,46 +190,55 @@ def _listing(labels, classes, names, skipped) -> dict:
     }
 
 
-def _decode_to_cache(npy: Path, files: list[Path], size: int, workers: int, strict: bool):
+def _decode_to_cache(
+    npy: Path, files: list[Path], size: int, depth: DepthScaling, workers: int, strict: bool
+):
     """Decode into ``npy`` through a memory map, written atomically; returns the skipped files.
     The decoded rows come first; the rows of skipped files stay zero at the end, unread."""
     npy.parent.mkdir(parents=True, exist_ok=True)
+    shape = (len(files), folder_channels(files), size, size)
     with atomic_file(npy) as staging:
-        out = np.lib.format.open_memmap(staging, "w+", np.uint8, (len(files), 3, size, size))
-        skipped = _decode_all(files, size, out, workers, strict)
+        out = np.lib.format.open_memmap(staging, "w+", np.uint8, shape)
+        skipped = _decode_all(files, out, depth, workers, strict)
         out.flush()
         del out
     return skipped
 
 
-def read_folder(
-    path: Path,
-    split: str,
-    *,
-    image_size: int | None = None,
-    strict: bool = False,
-    cache_dir: str | os.PathLike | None = None,
-    workers: int | None = None,
-) -> ImageDataset:
-    """The ``split`` of an image folder, decoded to RGB ``image_size`` px squares.
+@contextlib.contextmanager
+def _building(lock: Path) -> Iterator[None]:
+    """Hold an exclusive lock on ``lock`` (created if need be): the processes of a node (every
+    torchrun rank, or runs started together) that share a cache wait while one builds it."""
+    lock.parent.mkdir(parents=True, exist_ok=True)
+    with open(lock, "a") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
 
-    ``image_size`` defaults to the first image's shorter side, at most 224. ``workers`` decoding
-    processes (default: one per CPU). With ``cache_dir`` the result is memory-mapped from there.
-    """
+
+@dataclass(frozen=True)
+class Decoding:
+    """How image files become the stored array: the side in px (None: the first image's shorter
+    side, at most 224), stop on an undecodable file instead of skipping it, the cache folder,
+    the decoding processes (None: one per CPU) and the depth rule of deep images."""
+
+    image_size: int | None = None
+    strict: bool = False
+    cache_dir: str | os.PathLike | None = None
+    workers: int | None = None
+    depth: DepthScaling = "full"
+
+
+def read_folder(path: Path, split: str, decoding: Decoding = Decoding()) -> ImageDataset:
+    """The ``split`` of an image folder, decoded as ``decoding`` says to squares of its channels
+    (:mod:`simclrv2.data.decode`: grey stays one channel, deep images are scaled); with a cache
+    folder the result is memory-mapped from there."""
     root = split_root(path, split)
     files, labels, classes = list_images(root)
     names = [f.relative_to(root).as_posix() for f in files]
-    return read_images(
-        root,
-        files,
-        labels,
-        classes,
-        names,
-        image_size=image_size,
-        strict=strict,
-        cache_dir=cache_dir,
-        workers=workers,
-    )
+    return read_images(root, files, labels, classes, names, decoding)
 
 
 def read_images(
@@ -238,27 +247,25 @@ def read_images(
     labels: list[int],
     classes: list[str],
     names: list[str],
-    *,
-    image_size: int | None = None,
-    strict: bool = False,
-    cache_dir: str | os.PathLike | None = None,
-    workers: int | None = None,
+    decoding: Decoding,
 ) -> ImageDataset:
     """``files`` (their ``labels`` of ``classes``, their ``names``), decoded as
     :func:`read_folder` says; a class left without a decodable image is an error."""
-    size = image_size or _default_size(root, files)
-    workers = workers or os.cpu_count() or 1
+    strict, cache_dir, depth = decoding.strict, decoding.cache_dir, decoding.depth
+    size = decoding.image_size or _default_size(root, files)
+    workers = decoding.workers or os.cpu_count() or 1
     if cache_dir is None:
-        images = np.empty((len(files), 3, size, size), np.uint8)
-        skipped = _decode_all(files, size, images, workers, strict)
+        images = np.empty((len(files), folder_channels(files), size, size), np.uint8)
+        skipped = _decode_all(files, images, depth, workers, strict)
         images = images[: len(files) - len(skipped)]
         listing = _listing(labels, classes, names, skipped)
     else:
-        stem = _cache_stem(root, files, labels, size)
+        stem = _cache_stem(root, files, labels, size, depth)
         npy, meta = Path(cache_dir) / f"{stem}.npy", Path(cache_dir) / f"{stem}.json"
-        if not (meta.is_file() and npy.is_file()):  # .json written last: the .npy is complete
-            skipped = _decode_to_cache(npy, files, size, workers, strict)
-            write_text(meta, json.dumps(_listing(labels, classes, names, skipped)))
+        with _building(Path(cache_dir) / f"{stem}.lock"):  # one process decodes, the rest map
+            if not (meta.is_file() and npy.is_file()):  # .json written last: .npy complete
+                skipped = _decode_to_cache(npy, files, size, depth, workers, strict)
+                write_text(meta, json.dumps(_listing(labels, classes, names, skipped)))
         listing = json.loads(meta.read_text())
         images = np.load(npy, mmap_mode="c")[: len(listing["names"])]
     if listing["skipped"]:

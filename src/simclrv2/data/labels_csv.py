@@ -9,11 +9,10 @@ same cache, so a CSV is just another way of saying which file has which label.
 from __future__ import annotations
 
 import csv
-import os
 from pathlib import Path
 
 from simclrv2.data.dataset import UNLABELLED, ImageDataset
-from simclrv2.data.folder import IMAGE_SUFFIXES, read_images
+from simclrv2.data.folder import IMAGE_SUFFIXES, Decoding, read_images
 from simclrv2.errors import UserError
 
 HEADER = ("path", "label")
@@ -40,16 +39,9 @@ def read_rows(path: Path) -> list[tuple[int, str, str]]:
     return parsed
 
 
-def read_labels_csv(
-    path: Path,
-    *,
-    image_size: int | None = None,
-    strict: bool = False,
-    cache_dir: str | os.PathLike | None = None,
-    workers: int | None = None,
-) -> ImageDataset:
-    """The images a ``path,label`` CSV names, with its labels; each image's name is its path as
-    written in the CSV."""
+def read_labels_csv(path: Path, decoding: Decoding) -> ImageDataset:
+    """The images a ``path,label`` CSV names, with its labels, decoded as ``decoding`` says; each
+    image's name is its path as written in the CSV."""
     root = path.parent
     rows = read_rows(path)
     files, names = [], []
@@ -70,14 +62,4 @@ def read_labels_csv(
     classes = sorted({label for _, _, label in rows if label})
     value = {name: k for k, name in enumerate(classes)}
     labels = [value[label] if label else UNLABELLED for _, _, label in rows]
-    return read_images(
-        root,
-        files,
-        labels,
-        classes,
-        names,
-        image_size=image_size,
-        strict=strict,
-        cache_dir=cache_dir,
-        workers=workers,
-    )
+    return read_images(root, files, labels, classes, names, decoding)

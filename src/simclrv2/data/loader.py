@@ -7,11 +7,20 @@ the GLOBAL batch (the one the loss sees after the all-gather); process ``rank`` 
 ``rank``-th contiguous slice of each global batch, so concatenating the slices in rank order
 rebuilds the single-process batch exactly (DistributedSampler's guarantees: disjoint shards, equal
 sizes, a reshuffle each epoch).
+
+A background thread gathers each batch one ahead of the consumer (``torch.index_select``, which
+runs without the GIL), so the step never waits on the gather. On CUDA it gathers into one of two
+reusable pinned buffers and copies that to the GPU on a side stream; the compute stream waits for
+the copy on the device, never on the host. On the CPU every batch is a fresh tensor the consumer
+owns (nothing to copy, so no buffer to reuse).
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import contextlib
+import queue
+import threading
+from collections.abc import Iterable, Iterator
 
 import numpy as np
 import torch
@@ -61,7 +70,8 @@ def epoch_batches(
 
     With ``drop_last=False`` the last global batch is short; it is padded up to a multiple of
     ``world_size`` with images from the start of the epoch's order, as DistributedSampler does.
-    On CUDA the batch is copied from pinned memory without blocking.
+    Batches are gathered one ahead on a background thread (module docstring); close the
+    generator (``contextlib.closing``) when leaving it early, to stop that thread at once.
     """
     steps = batches_per_epoch(len(dataset), batch_size, drop_last, world_size)
     if not 0 <= rank < world_size:
@@ -87,12 +97,122 @@ def _batches(
     """The generator behind :func:`epoch_batches`, which checks its arguments before the first
     batch is asked for."""
     device = torch.device(device)
-    pin = device.type == "cuda"
-    for step in steps:
-        batch = order[step * batch_size : (step + 1) * batch_size]  # the global batch
-        share = len(batch) // world_size
-        index = batch[rank * share : (rank + 1) * share]
-        images, labels = dataset.images[index].contiguous(), dataset.labels[index]  # (B, C, H, W)
-        if pin:
-            images, labels = images.pin_memory(), labels.pin_memory()
-        yield images.to(device, non_blocking=pin), labels.to(device, non_blocking=pin)
+    shards = (_shard(order, step, batch_size, rank, world_size) for step in steps)
+    if device.type == "cuda":
+        copy = _PinnedCopy(dataset, batch_size // world_size, device)  # CUDA only
+        prefetched = _Prefetch(map(copy, shards))
+        batches = map(_arrive_on_cuda, prefetched)
+    else:
+        prefetched = _Prefetch(_gather(dataset, index) for index in shards)
+        batches = iter(prefetched)
+    try:
+        yield from batches
+    finally:  # exhausted, or closed early (a break, an exception in the consumer)
+        prefetched.close()
+
+
+def _shard(order: Tensor, step: int, batch_size: int, rank: int, world_size: int) -> Tensor:
+    """The indices of process ``rank``'s slice of global batch ``step`` (the last may be short)."""
+    batch = order[step * batch_size : (step + 1) * batch_size]
+    share = len(batch) // world_size
+    return batch[rank * share : (rank + 1) * share]
+
+
+def _gather(dataset: ImageDataset, index: Tensor) -> tuple[Tensor, Tensor]:
+    """(images (B, C, H, W), labels (B,)) at ``index``: new contiguous tensors (also from a
+    memory map or a non-contiguous view)."""
+    images = torch.index_select(dataset.images, 0, index)
+    return images, torch.index_select(dataset.labels, 0, index)
+
+
+class _PinnedCopy:
+    """CUDA only. Gathers a batch into one of two reusable pinned buffers and starts its copy to
+    ``device`` on a side stream; returns the device tensors and the event that marks the copy done.
+
+    A buffer is written again two batches later, after its copy's event has completed (a host wait
+    on the background thread, not on the compute stream).
+    """
+
+    def __init__(self, dataset: ImageDataset, rows: int, device: torch.device) -> None:
+        self.dataset, self.device = dataset, device
+        self.stream = torch.cuda.Stream(device)
+        self.buffers = [
+            (
+                torch.empty((rows, *dataset.images.shape[1:]), dtype=torch.uint8, pin_memory=True),
+                torch.empty(rows, dtype=torch.int64, pin_memory=True),
+            )
+            for _ in range(2)
+        ]
+        self.copied: list[torch.cuda.Event | None] = [None, None]
+        self.calls = 0
+
+    def __call__(self, index: Tensor) -> tuple[Tensor, Tensor, torch.cuda.Event]:
+        slot = self.calls % 2
+        self.calls += 1
+        if self.copied[slot] is not None:
+            self.copied[slot].synchronize()  # the buffer's previous batch has left for the GPU
+        images, labels = (buffer[: len(index)] for buffer in self.buffers[slot])
+        torch.index_select(self.dataset.images, 0, index, out=images)
+        torch.index_select(self.dataset.labels, 0, index, out=labels)
+        with torch.cuda.device(self.device), torch.cuda.stream(self.stream):
+            images = images.to(self.device, non_blocking=True)
+            labels = labels.to(self.device, non_blocking=True)
+            done = torch.cuda.Event()
+            done.record(self.stream)
+        self.copied[slot] = done
+        return images, labels, done
+
+
+def _arrive_on_cuda(item: tuple[Tensor, Tensor, torch.cuda.Event]) -> tuple[Tensor, Tensor]:
+    """CUDA only. The batch, for the compute stream: it waits (on the device) for the copy, and
+    the allocator keeps the batch's memory until the compute stream is done with it (the memory
+    was allocated on the side stream)."""
+    images, labels, done = item
+    compute = torch.cuda.current_stream(images.device)
+    compute.wait_event(done)
+    images.record_stream(compute)
+    labels.record_stream(compute)
+    return images, labels
+
+
+_END = object()  # the producer's last item
+
+
+class _Prefetch:
+    """Iterates ``items`` on a background thread, one item ahead of the consumer; an exception
+    raised there is raised here. :meth:`close` stops and joins the thread."""
+
+    def __init__(self, items: Iterable[object]) -> None:
+        self._queue: queue.Queue = queue.Queue(maxsize=1)
+        self._stop = threading.Event()
+        self._thread = threading.Thread(
+            target=self._produce, args=(items,), name="simclrv2-prefetch", daemon=True
+        )
+        self._thread.start()
+
+    def _produce(self, items: Iterable[object]) -> None:
+        try:
+            for item in items:
+                self._queue.put((item, None))
+                if self._stop.is_set():
+                    return
+            self._queue.put((_END, None))
+        except BaseException as error:  # handed to the consumer
+            self._queue.put((None, error))
+
+    def __iter__(self) -> Iterator[object]:
+        while True:
+            item, error = self._queue.get()
+            if error is not None:
+                raise error
+            if item is _END:
+                return
+            yield item
+
+    def close(self) -> None:
+        """Stop the producer and wait for it. After the flag is set and the queue emptied, the
+        producer makes at most one more put, which finds room, then sees the flag."""
+        self._stop.set()
+        with contextlib.suppress(queue.Empty):
+            self._queue.get_nowait()
+        self._thread.join()

@@ -16,9 +16,10 @@ from pathlib import Path
 
 from simclrv2.data.cifar import cifar_variant, read_cifar
 from simclrv2.data.dataset import ImageDataset, check_split
+from simclrv2.data.decode import DepthScaling
 from simclrv2.data.embedded import PER_CLASS as EMBEDDED_SPLITS
 from simclrv2.data.embedded import load_embedded
-from simclrv2.data.folder import folder_splits, read_folder
+from simclrv2.data.folder import Decoding, folder_splits, read_folder
 from simclrv2.data.idx import idx_directory, idx_splits, read_idx_dir
 from simclrv2.data.labels_csv import read_labels_csv
 from simclrv2.data.stl10 import read_stl10, stl10_directory, stl10_splits
@@ -108,6 +109,7 @@ def load_dataset(
     cache_dir: str | os.PathLike | None = None,
     workers: int | None = None,
     rgb: bool = False,
+    depth: DepthScaling = "full",
 ) -> ImageDataset:
     """The ``split`` ("train", "test" or "unlabeled") of a data source as an :class:`ImageDataset`.
 
@@ -117,19 +119,20 @@ def load_dataset(
     it; default: the data's own size, at most 224 px for folders). ``strict``, ``cache_dir`` and
     ``workers`` apply to image folders and CSVs: stop on an undecodable image instead of skipping
     it, keep the decoded array there as a memory-mapped ``.npy``, and the number of decoding
-    processes. ``rgb`` repeats greyscale into 3 channels.
+    processes; so does ``depth``, the scaling of 16-bit and float images
+    (:mod:`simclrv2.data.decode`). ``rgb`` repeats greyscale into 3 channels.
     """
     source, named = split_suffix(source)
     split = named or split
     kind, path = parse_source(source)
-    decoding = {"image_size": image_size, "strict": strict, "cache_dir": cache_dir}
+    decoding = Decoding(image_size, strict, cache_dir, workers, depth)
     if path is None:
         dataset = load_embedded(split)
     elif kind == FOLDER:
-        dataset = read_folder(path, split, **decoding, workers=workers)
+        dataset = read_folder(path, split, decoding)
     elif kind == CSV:
         check_split(split, ("train",), path)
-        dataset = read_labels_csv(path, **decoding, workers=workers)
+        dataset = read_labels_csv(path, decoding)
     else:
         dataset = ARRAY_READERS[kind](path, split)
     if image_size is not None:

@@ -30,10 +30,12 @@ def _labelled_features(
     return features
 
 
-def _fit(config: Config, h: Tensor, y: Tensor, num_classes: int, l2: float) -> LinearProbe:
+def _fit(
+    config: Config, h: Tensor, y: Tensor, num_classes: int, l2: float, runtime: Runtime
+) -> LinearProbe:
     settings = config.linear
     if settings.method == "lbfgs":
-        return fit_linear_lbfgs(h, y, num_classes, l2)
+        return fit_linear_lbfgs(h, y, num_classes, l2, device=runtime.device)
     lr = scaled_learning_rate(settings.base_lr, settings.batch_size, settings.lr_scaling)
     return fit_linear_sgd(
         h, y, num_classes, settings.epochs, settings.batch_size, lr, config.runtime.seed
@@ -58,7 +60,9 @@ def linear_eval(
     )
     train_h, train_y = features.pop("train")
     penalties = settings.l2 if settings.method == "lbfgs" else settings.l2[:1]
-    probes = {l2: _fit(config, train_h, train_y, train.num_classes, l2) for l2 in penalties}
+    probes = {
+        l2: _fit(config, train_h, train_y, train.num_classes, l2, runtime) for l2 in penalties
+    }
     chosen, by_penalty = penalties[0], {}
     if VALIDATION in features and len(penalties) > 1:
         val_h, val_y = features[VALIDATION]
@@ -93,7 +97,9 @@ def knn_eval(
     k, temperature = config.knn.k, config.knn.temperature
     per_split = {
         name: classification_scores(
-            knn_scores(bank, bank_y, h, train.num_classes, k, temperature), y, train.classes
+            knn_scores(bank, bank_y, h, train.num_classes, k, temperature, device=runtime.device),
+            y,
+            train.classes,
         )
         for name, (h, y) in features.items()
     }

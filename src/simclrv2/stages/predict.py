@@ -8,6 +8,7 @@ Files of the source that could not be decoded get a row that says so, never sile
 
 from __future__ import annotations
 
+from contextlib import closing
 from pathlib import Path
 
 import torch
@@ -41,7 +42,7 @@ def predict(
     batches = epoch_batches(
         data, BATCH, seed=0, epoch=0, shuffle=False, drop_last=False, device=runtime.device
     )
-    with progress_bar(-(-len(data) // BATCH), 0, "predict") as bar:
+    with progress_bar(-(-len(data) // BATCH), 0, "predict") as bar, closing(batches):
         for images, labels in batches:
             with runtime.autocast():
                 logits = model(runtime.images(center_crop(images, data.image_size)))

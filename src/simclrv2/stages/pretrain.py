@@ -177,7 +177,9 @@ def evaluate_representation(
     scores = {}
     for name, data in splits.items():
         queries, labels = extract(encoder, data, runtime, image_size)
-        votes = knn_scores(bank, bank_labels, queries, train.num_classes, k, temperature)
+        votes = knn_scores(
+            bank, bank_labels, queries, train.num_classes, k, temperature, device=runtime.device
+        )
         knn = classification_scores(votes, labels, train.classes)
         values = {f"knn_{key}": knn[key] for key in SUMMARY}
         if online is not None:
