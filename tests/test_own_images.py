@@ -82,10 +82,10 @@ def test_stages_one_by_one_with_csv_labels(own, tmp_path, capsys):
     assert set(distilled["splits"]) == {"validation"}
 
 
-@pytest.mark.parametrize(("balanced", "steps"), [(False, 6), (True, 12)])
+@pytest.mark.parametrize(("balanced", "steps"), [(False, 8), (True, 12)])
 def test_balanced_sampling_repeats_the_smaller_classes(own, tmp_path, balanced, steps):
-    """15 training labels (8 bags, 5 coats, 2 sneakers): 3 batches of 4 an epoch as they are;
-    balanced, each class repeated to 8: 24 images, 6 batches."""
+    """15 training labels (8 bags, 5 coats, 2 sneakers): 4 batches of at most 4 an epoch as they
+    are; balanced, each class repeated to 8: 24 images, 6 batches."""
     out = tmp_path / "sup"
     argv = ["finetune", *roles(own), *TINY_OVERRIDES, "finetune.batch_size=4"]
     assert main([*argv, f"finetune.balanced_sampling={balanced}", "--out", str(out)]) == 0
