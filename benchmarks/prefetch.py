@@ -5,8 +5,9 @@
 Batches of 256 images at 96 px (STL-10's size, 7 MB a batch) from memory and from a transposed
 memory map (STL-10's layout), consumed by a stand-in for a training step (a one-thread matmul
 taking about one ``index_select`` gather). ``wait_ms``: mean time per step the consumer spends getting its
-batch; ``epoch_s``: the whole loop. The plain rows gather in the consumer's thread, as the
-loader did before.
+batch; ``epoch_s``: the whole loop. The plain rows gather in the consumer's thread by advanced
+indexing, as the loader did before; the inline rows by ``index_select`` (the CPU default); the
+prefetch rows on the background thread (CUDA's default, ``prefetch=True`` elsewhere).
 """
 
 from __future__ import annotations
@@ -88,8 +89,13 @@ def main() -> None:
             for loader, batches, gather_ms in (
                 ("plain (indexing, same thread)", plain(data, args.steps), plain_ms),
                 (
-                    "prefetch (index_select, ahead)",
-                    epoch_batches(data, BATCH, seed=0, epoch=0),
+                    "inline (index_select, same thread: the CPU default)",
+                    epoch_batches(data, BATCH, seed=0, epoch=0, prefetch=False),
+                    select_ms,
+                ),
+                (
+                    "prefetch (index_select, ahead: CUDA's)",
+                    epoch_batches(data, BATCH, seed=0, epoch=0, prefetch=True),
                     select_ms,
                 ),
             ):

@@ -153,12 +153,19 @@ def test_prefetched_batches_equal_a_plain_gather(tmp_path, n, batch_size, kwargs
     data = numbered(n) if source == "memory" else transposed_memory_map(tmp_path / "x.bin", n)
     kwargs = {"seed": 3, "epoch": 2} | kwargs
     # held all at once: a batch the consumer keeps is never overwritten by a later one
-    got = list(epoch_batches(data, batch_size, **kwargs))
-    assert_same_batches(got, reference(data, batch_size, **kwargs))
+    for prefetch in (True, False):
+        got = list(epoch_batches(data, batch_size, **kwargs, prefetch=prefetch))
+        assert_same_batches(got, reference(data, batch_size, **kwargs))
 
 
 def prefetch_threads():
     return [t for t in threading.enumerate() if t.name == "simclrv2-prefetch"]
+
+
+def test_the_cpu_gathers_inline_by_default():
+    with closing(epoch_batches(numbered(64), 8, seed=0, epoch=0)) as batches:
+        next(batches)
+        assert not prefetch_threads()
 
 
 def test_the_next_batch_is_gathered_while_the_consumer_holds_one(monkeypatch):
@@ -173,7 +180,7 @@ def test_the_next_batch_is_gathered_while_the_consumer_holds_one(monkeypatch):
 
     real_gather = loader._gather
     monkeypatch.setattr(loader, "_gather", gather)
-    with closing(epoch_batches(numbered(64), 8, seed=0, epoch=0)) as batches:
+    with closing(epoch_batches(numbered(64), 8, seed=0, epoch=0, prefetch=True)) as batches:
         next(batches)
         assert second.wait(10)  # batch 2 is gathered before it is asked for
     assert not prefetch_threads()
@@ -181,7 +188,7 @@ def test_the_next_batch_is_gathered_while_the_consumer_holds_one(monkeypatch):
 
 @pytest.mark.parametrize("how", ["break", "close", "exception", "KeyboardInterrupt"])
 def test_leaving_early_stops_the_thread(how):
-    batches = epoch_batches(numbered(400), 8, seed=0, epoch=0)
+    batches = epoch_batches(numbered(400), 8, seed=0, epoch=0, prefetch=True)
     if how in ("break", "close"):
         for step, _ in enumerate(batches):
             if step == 2:
@@ -218,6 +225,6 @@ def test_an_error_in_the_gather_is_raised_in_the_consumer(monkeypatch):
     monkeypatch.setattr(loader, "_gather", gather)
     got = []
     with pytest.raises(OSError, match="went away"):
-        got.extend(epoch_batches(numbered(64), 8, seed=0, epoch=0))
+        got.extend(epoch_batches(numbered(64), 8, seed=0, epoch=0, prefetch=True))
     assert len(got) == 2
     assert not prefetch_threads()

@@ -8,11 +8,12 @@ the GLOBAL batch (the one the loss sees after the all-gather); process ``rank`` 
 rebuilds the single-process batch exactly (DistributedSampler's guarantees: disjoint shards, equal
 sizes, a reshuffle each epoch).
 
-A background thread gathers each batch one ahead of the consumer (``torch.index_select``, which
-runs without the GIL), so the step never waits on the gather. On CUDA it gathers into one of two
-reusable pinned buffers and copies that to the GPU on a side stream; the compute stream waits for
-the copy on the device, never on the host. On the CPU every batch is a fresh tensor the consumer
-owns (nothing to copy, so no buffer to reuse).
+On CUDA a background thread gathers each batch one ahead of the consumer (``torch.index_select``,
+which runs without the GIL) into one of two reusable pinned buffers and copies that to the GPU on
+a side stream; the compute stream waits for the copy on the device, never on the host. On the CPU
+the gather is inline by default (``prefetch``): there the thread competes with the step's own
+threads for the cores (benchmarks/RESULTS.md, "Prefetching"); every batch is a fresh tensor the
+consumer owns.
 """
 
 from __future__ import annotations
@@ -64,9 +65,11 @@ def epoch_batches(
     rank: int = 0,
     world_size: int = 1,
     device: str | torch.device = "cpu",
+    prefetch: bool | None = None,
 ) -> Iterator[tuple[Tensor, Tensor]]:
     """This process's (uint8 images (B, C, H, W), int64 labels (B,)) batches of one epoch, from
-    batch ``start_batch`` on, with B = batch_size / world_size.
+    batch ``start_batch`` on, with B = batch_size / world_size; gathered one ahead on a thread
+    with ``prefetch`` (default: on CUDA only; always there).
 
     With ``drop_last=False`` the last global batch is short; it is padded up to a multiple of
     ``world_size`` with images from the start of the epoch's order, as DistributedSampler does.
@@ -82,7 +85,10 @@ def epoch_batches(
     if not drop_last:  # pad the short last batch to a multiple of world_size
         padded = -(-len(order) // world_size) * world_size
         order = order[torch.arange(padded) % len(order)]
-    return _batches(dataset, order, batch_size, range(start_batch, steps), rank, world_size, device)
+    device = torch.device(device)
+    prefetch = device.type == "cuda" or bool(prefetch)
+    steps_left = range(start_batch, steps)
+    return _batches(dataset, order, batch_size, steps_left, rank, world_size, device, prefetch)
 
 
 def _batches(
@@ -92,12 +98,15 @@ def _batches(
     steps: range,
     rank: int,
     world_size: int,
-    device: str | torch.device,
+    device: torch.device,
+    prefetch: bool,
 ) -> Iterator[tuple[Tensor, Tensor]]:
     """The generator behind :func:`epoch_batches`, which checks its arguments before the first
     batch is asked for."""
-    device = torch.device(device)
     shards = (_shard(order, step, batch_size, rank, world_size) for step in steps)
+    if not prefetch:
+        yield from (_gather(dataset, index) for index in shards)
+        return
     if device.type == "cuda":
         copy = _PinnedCopy(dataset, batch_size // world_size, device)  # CUDA only
         prefetched = _Prefetch(map(copy, shards))
