@@ -230,7 +230,8 @@ def _sharded_evaluation(rank: int, world_size: int) -> dict:
     features = {"train": extract(embed, train, runtime, 16, batch_size=8)}
     features["validation"] = extract(encoder, validation, runtime, 16, batch_size=8)
     (bank, bank_y), (queries, _) = features["train"], features["validation"]
-    votes = knn_scores(bank[bank_y >= 0], bank_y[bank_y >= 0], queries, 3, k=5)
+    # chunks of 2 queries: 3 chunks, two scored by rank 0 and one by rank 1, gathered in order
+    votes = knn_scores(bank[bank_y >= 0], bank_y[bank_y >= 0], queries, 3, k=5, chunk=2)
     config = Config()
     config.linear.l2 = [1e-4, 1e-1, 10.0]
     linear = linear_eval(config, ExportedModel(encoder), train, {VALIDATION: validation}, runtime)

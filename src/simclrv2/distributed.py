@@ -20,11 +20,14 @@ import datetime
 import os
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
+from typing import TypeVar
 
 import torch
 import torch.distributed as dist
 from torch import Tensor, nn
 from torch.nn.modules.batchnorm import _BatchNorm
+
+T = TypeVar("T")
 
 
 def is_distributed() -> bool:
@@ -76,6 +79,11 @@ def broadcast_object(value: object) -> object:
     box = [value]
     dist.broadcast_object_list(box, src=0)
     return box[0]
+
+
+def computed_once(compute: Callable[[], T]) -> T:
+    """``compute()`` run by rank 0 alone, its (picklable, CPU) result given to every process."""
+    return broadcast_object(compute() if rank() == 0 else None)
 
 
 def all_gather_objects(value: object) -> list[object]:

@@ -100,19 +100,28 @@ def knn_scores(
     device: str | torch.device = "cpu",
 ) -> Tensor:
     """Class scores (Q, C) on the CPU of weighted kNN: the k most cosine-similar bank rows vote
-    exp(sim / tau). Computed on ``device``, ``chunk`` queries at a time (a (chunk, N) matrix)."""
+    exp(sim / tau). Computed on ``device``, ``chunk`` queries at a time (a (chunk, N) matrix);
+    over several processes each scores a run of whole chunks (the same chunks as one process, so
+    the same numbers) and every process receives all the scores."""
     bank = F.normalize(bank.to(device), dim=1)  # (N, D)
     bank_labels = bank_labels.to(device)
     k = min(k, bank.shape[0])
-    scores = []
-    for start in range(0, queries.shape[0], chunk):
+    starts = list(range(0, queries.shape[0], chunk))
+    per_rank = -(-len(starts) // distributed.world_size())
+    mine = starts[distributed.rank() * per_rank : (distributed.rank() + 1) * per_rank]
+    scores = [torch.zeros(0, num_classes, device=device)]
+    for start in mine:
         part = queries[start : start + chunk].to(device)
         similarity = F.normalize(part, dim=1) @ bank.T  # (q, N)
         top_sim, top_idx = similarity.topk(k, dim=1)  # (q, k)
         votes = torch.zeros(similarity.shape[0], num_classes, device=device)
         votes.scatter_add_(1, bank_labels[top_idx], (top_sim / temperature).exp())
         scores.append(votes)
-    return torch.cat(scores).cpu()
+    counts = [
+        sum(min(chunk, queries.shape[0] - s) for s in starts[r * per_rank : (r + 1) * per_rank])
+        for r in range(distributed.world_size())
+    ]
+    return distributed.gather_rows(torch.cat(scores), counts).cpu()
 
 
 @dataclass

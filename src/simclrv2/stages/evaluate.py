@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from torch import Tensor
 
+from simclrv2 import distributed
 from simclrv2.config import Config
 from simclrv2.data import ImageDataset
 from simclrv2.errors import UserError
@@ -60,9 +61,11 @@ def linear_eval(
     )
     train_h, train_y = features.pop("train")
     penalties = settings.l2 if settings.method == "lbfgs" else settings.l2[:1]
-    probes = {
-        l2: _fit(config, train_h, train_y, train.num_classes, l2, runtime) for l2 in penalties
-    }
+    probes = distributed.computed_once(  # one fit per penalty, on rank 0, for every process
+        lambda: {
+            l2: _fit(config, train_h, train_y, train.num_classes, l2, runtime) for l2 in penalties
+        }
+    )
     chosen, by_penalty = penalties[0], {}
     if VALIDATION in features and len(penalties) > 1:
         val_h, val_y = features[VALIDATION]
