@@ -260,7 +260,7 @@ def test_pretraining_on_cuda_stopped_and_resumed_ends_with_the_same_streams(tmp_
     args = pretrain_args(write_tiny_idx(tmp_path / "data"), **{"runtime.device": "cuda"})
     assert main(["pretrain", "--out", str(tmp_path / "whole"), *args]) == 0
     with monkeypatch.context() as patch:
-        patch.setattr(training, "_StopSignal", stop_at_check(7, training._StopSignal))
+        patch.setattr(training, "StopSignal", stop_at_check(7, training.StopSignal))
         assert main(["pretrain", "--out", str(tmp_path / "split"), *args]) == 0  # stopped
     assert newest_step(tmp_path / "split") < EPOCHS * STEPS_PER_EPOCH
     assert main(["pretrain", "--resume", str(tmp_path / "split")]) == 0

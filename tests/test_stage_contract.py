@@ -68,7 +68,7 @@ def test_an_interrupted_stage_resumes_onto_the_same_loss_curve(
     command = STAGES[stage](models)
     _run(command, tiny_data, tmp_path / "whole")
     with monkeypatch.context() as patch:
-        patch.setattr(training, "_StopSignal", stop_at_check(STOP_AT, training._StopSignal))
+        patch.setattr(training, "StopSignal", stop_at_check(STOP_AT, training.StopSignal))
         _run(command, tiny_data, tmp_path / "split")  # interrupted: a checkpoint, exit 0
     assert not (tmp_path / "split" / "results.json").exists()
     assert max(step for step, _ in _loss_curve(tmp_path / "split")) < 10  # it stopped early
@@ -85,7 +85,7 @@ def test_the_same_command_line_again_continues_the_run(tiny_data, tmp_path, monk
     """What ``torchrun --max-restarts N`` does after a crash: the unchanged command line, with the
     same --out, continues the run there; another config is refused."""
     with monkeypatch.context() as patch:
-        patch.setattr(training, "_StopSignal", stop_at_check(STOP_AT, training._StopSignal))
+        patch.setattr(training, "StopSignal", stop_at_check(STOP_AT, training.StopSignal))
         _run(["pretrain"], tiny_data, tmp_path / "run")
     assert not (tmp_path / "run" / "results.json").exists()
     _run(["pretrain"], tiny_data, tmp_path / "run")  # the same command line: continued

@@ -113,7 +113,7 @@ def test_finetuning_with_a_short_last_batch_resumes_onto_the_same_weights(
 
     run(tmp_path / "whole")
     with monkeypatch.context() as patch:
-        patch.setattr(training, "_StopSignal", stop_at_check(5, training._StopSignal))
+        patch.setattr(training, "StopSignal", stop_at_check(5, training.StopSignal))
         run(tmp_path / "split")
     assert not (tmp_path / "split" / "results.json").exists()
     assert main(["finetune", "--resume", str(tmp_path / "split")]) == 0

@@ -107,7 +107,7 @@ def test_report_renders_a_pipeline_interrupted_in_pretraining(tiny_data, tmp_pat
     import simclrv2.training as training
 
     # in epoch 2, after epoch 1's monitors
-    monkeypatch.setattr(training, "_StopSignal", stop_at_check(7, training._StopSignal))
+    monkeypatch.setattr(training, "StopSignal", stop_at_check(7, training.StopSignal))
     run = tmp_path / "run"
     assert main(["pipeline", "--data", str(tiny_data), "--out", str(run), *TINY_OVERRIDES]) == 0
     assert not (run / "pretrain" / "model").exists()  # interrupted: checkpoints only

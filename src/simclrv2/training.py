@@ -20,8 +20,6 @@ loss's finiteness is recorded on the device and read when metrics are logged (ev
 from __future__ import annotations
 
 import json
-import signal
-import threading
 import time
 from collections.abc import Callable
 from contextlib import closing
@@ -49,6 +47,7 @@ from simclrv2.metrics import LOG, MetricsWriter, progress_bar
 from simclrv2.optim import WarmupCosine, set_learning_rate
 from simclrv2.rundir import check_writable
 from simclrv2.runtime import Runtime
+from simclrv2.stop_signal import StopSignal
 
 RESULTS = "results.json"  # a finished stage's metrics; its presence marks the stage done
 StepFn = Callable[[Tensor, Tensor, torch.Generator], dict[str, Tensor]]
@@ -140,33 +139,6 @@ def finished_result(directory: Path) -> StageResult | None:
     if not path.exists():
         return None
     return StageResult(load_exported(directory / "model"), json.loads(path.read_text()))
-
-
-class _StopSignal:
-    """Turns SIGTERM/SIGINT into a flag checked between steps (main thread only)."""
-
-    def __init__(self) -> None:
-        self.requested = False
-        self._previous: dict[int, object] = {}
-
-    def __enter__(self) -> _StopSignal:
-        if threading.current_thread() is threading.main_thread():
-            for sig in (signal.SIGTERM, signal.SIGINT):
-                self._previous[sig] = signal.signal(sig, self._handle)
-        return self
-
-    def _handle(self, signum: int, frame: object) -> None:
-        if self.requested and signum == signal.SIGINT:  # a second Ctrl-C stops at once
-            raise KeyboardInterrupt
-        self.requested = True
-        LOG.warning(
-            "%s received: finishing this step, then writing a checkpoint",
-            signal.Signals(signum).name,
-        )
-
-    def __exit__(self, *exc: object) -> None:
-        for sig, handler in self._previous.items():
-            signal.signal(sig, handler)
 
 
 def _random_streams(generator: torch.Generator) -> dict[str, Tensor]:
@@ -335,7 +307,7 @@ def fit(
         check_writable(stage.checkpoints, space_needed(stage.checkpoints, modules.values()))
     bar = progress_bar(epochs * steps_per_epoch, position.step, stage.name, enabled=is_main)
     # however training ends, the bar is closed and the last checkpoint write waited for
-    with bar, _StopSignal() as stop, writer:
+    with bar, StopSignal() as stop, writer:
         while position.epoch < epochs:
             batches = epoch_batches(
                 data,
