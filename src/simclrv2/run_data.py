@@ -138,7 +138,7 @@ def _load_sources(
     the side of the first one loaded."""
     load, size = _loader(settings), settings.image_size
     labelled, pools, test = None, [], None
-    if settings.labelled is None and not settings.unlabelled:  # the benchmark protocol
+    if not settings.own_images:  # the benchmark protocol
         splits = source_splits(settings.source)
         labelled = load(settings.source, "train", size)
         if settings.unlabelled_split in splits and with_pools:
@@ -162,7 +162,7 @@ def load_run_data(settings: DataConfig, with_pools: bool = True) -> RunData:
             "data.source (the benchmark protocol) and data.labelled (your labelled images) "
             "exclude each other; give --data or --labelled, not both"
         )
-    own = settings.labelled is not None or bool(settings.unlabelled)
+    own = settings.own_images
     labelled, pools, test = _load_sources(settings, with_pools)
     labelled_count = 0 if labelled is None else int((labelled.labels >= 0).sum())
     if labelled_count == 0:  # no labels at all (a flat folder): a pretraining run

@@ -124,7 +124,7 @@ def data_info(config: Config, trained_on: ImageDataset, splits: dict[str, dict])
     side in px the network was trained at, and what each split held
     (:meth:`ImageDataset.describe`)."""
     data = config.data
-    if data.labelled is not None or data.unlabelled:
+    if data.own_images:
         sources = {"labelled": data.labelled, "unlabelled": data.unlabelled}
     else:
         sources = {"source": data.source or "embedded"}

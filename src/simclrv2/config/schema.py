@@ -98,6 +98,11 @@ class DataConfig:
     # 16-bit and float images into 0-255: the type's full range, or each image's min-max
     depth_scaling: Literal["full", "image"] = "full"
 
+    @property
+    def own_images(self) -> bool:
+        """Whether the run reads your own images (``labelled``/``unlabelled``), not ``source``."""
+        return self.labelled is not None or bool(self.unlabelled)
+
 
 JitterOp = Literal["brightness", "contrast", "saturation", "hue"]
 
