@@ -157,7 +157,8 @@ def test_weights_gone_non_finite_are_never_checkpointed(tmp_path):
     model.register_buffer("statistic", torch.zeros(1))
     steps = []
 
-    def step(images, labels, generator):
+    def step(batch, generator):
+        images = batch.images
         steps.append(1)
         if len(steps) == 3:
             model.statistic.fill_(float("inf"))
@@ -183,7 +184,8 @@ def test_a_loss_seen_non_finite_steps_later_is_named_at_its_own_step(tmp_path):
     model = nn.Linear(1, 1)
     steps = []
 
-    def step(images, labels, generator):
+    def step(batch, generator):
+        images = batch.images
         steps.append(1)
         loss = model(images.float().mean().reshape(1, 1)).sum()
         return {"loss": loss * float("inf") if len(steps) == 2 else loss}

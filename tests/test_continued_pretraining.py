@@ -48,17 +48,16 @@ def test_the_model_takes_the_exports_encoder_and_a_head_of_the_configured_shape(
     config = load_config("demo", overrides=TINY_OVERRIDES)
     data = load_dataset(str(tiny_data), "test")
     init = load_exported(earlier_run / "model")
-    model = build.contrastive_model(config, data, init)
+    model = build.contrastive_model(config, data, (init.encoder, init.projection_head))
     assert model.encoder is init.encoder and model.projection_head is init.projection_head
     assert "r18_0.125x_sk0 encoder and its projection head" in capsys.readouterr().err
     other = load_config("demo", overrides=[*TINY_OVERRIDES, "model.proj_dim=64"])
-    model = build.contrastive_model(other, data, init)
+    model = build.contrastive_model(other, data, (init.encoder, init.projection_head))
     assert model.encoder is init.encoder and model.projection_head.out_dim == 64
     assert "a new projection head (its head, 3 layers 64 -> 64 -> 128, is not" in (
         capsys.readouterr().err
     )
-    headless = ExportedModel(init.encoder)
-    assert build.contrastive_model(config, data, headless).projection_head is not None
+    assert build.contrastive_model(config, data, (init.encoder, None)).projection_head is not None
     assert "a new projection head (it has none)" in capsys.readouterr().err
 
 

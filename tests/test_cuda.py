@@ -219,7 +219,8 @@ def _fit_drawing_cuda_numbers(directory, epochs: int) -> list[list[float]]:
     model = runtime.module(nn.Linear(1, 1))
     draws = []
 
-    def step(images, labels, generator):
+    def step(batch, generator):
+        images = batch.images
         noise = torch.rand(2, device=CUDA)  # the global CUDA stream
         augmentation = torch.rand(1, device=CUDA, generator=generator)
         draws.append(torch.cat([noise, augmentation]).tolist())

@@ -260,7 +260,7 @@ def test_other_bad_curation_input(workspace, tmp_path, capsys):
     argv = ["neighbours", "--model", workspace / "encoder", "--data", workspace / "images"]
     (tmp_path / "not-an-image.png").write_text("hello")
     code, err = run([*argv, "--query", tmp_path / "not-an-image.png", "--out", tmp_path], capsys)
-    assert_one_line_error(code, err, "cannot decode")
+    assert_one_line_error(code, err, "not-an-image.png", "none of the 1 images can be decoded")
     code, err = run(
         [*argv, "--query", tmp_path, "--against", "embedded", "--out", tmp_path], capsys
     )

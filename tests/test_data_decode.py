@@ -28,9 +28,11 @@ def test_a_16_bit_png_keeps_its_whole_range(tmp_path):
     Image.fromarray(gradient16()).save(path)  # Pillow writes a 16-bit grey PNG
     with Image.open(path) as image:
         assert image.mode.startswith("I")
-    decoded = decode_image(path, 8, channels=1)  # the centre 8x8 square: the middle of the ramp
-    assert decoded.shape == (1, 8, 8) and decoded.dtype == np.uint8
+    decoded = decode_image(path, 256, channels=1)  # the whole 8 x 256 ramp, as it is
+    assert decoded.shape == (1, 8, 256) and decoded.dtype == np.uint8
     assert 100 < decoded.mean() < 155  # the middle of the range, not clamped to 255
+    halved = decode_image(path, 128, channels=1)  # longer side at most 128: aspect kept
+    assert halved.shape == (1, 4, 128) and 100 < halved.mean() < 155
     square = tmp_path / "square.png"
     Image.fromarray(gradient16(256, 256)).save(square)
     values = np.unique(decode_image(square, 256, channels=1))

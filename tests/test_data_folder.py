@@ -70,15 +70,16 @@ def test_folder_without_split_folders_is_only_a_train_split(tmp_path):
         load_dataset(str(tmp_path), "test")
 
 
-def test_shorter_side_resized_then_centre_square_kept(tmp_path):
+def test_the_whole_image_is_resized_with_its_aspect_kept(tmp_path):
     wide = np.zeros((40, 120, 3), np.uint8)
     wide[:, :40, 0] = wide[:, 40:80, 1] = wide[:, 80:, 2] = 255  # red | green | blue thirds
     save(tmp_path / "wide.png", wide)
-    image = load_dataset(str(tmp_path), image_size=10, workers=1).images[0]
-    assert image.shape == (3, 10, 10)
-    middle = image[:, :, 2:8].float()
-    assert (middle[1] > 250).all()
-    assert (middle[0] < 5).all() and (middle[2] < 5).all()
+    data = load_dataset(str(tmp_path), image_size=10, workers=1, stored_side=30)
+    assert data.images.shape == (1, 3, 30, 30) and data.extents.tolist() == [[10, 30]]
+    image = data.images[0].float()
+    for channel, third in enumerate((slice(1, 9), slice(11, 19), slice(21, 29))):
+        assert (image[channel, :10, third] > 250).all()  # each third whole, in its colour
+        assert (image[(channel + 1) % 3, :10, third] < 5).all()
 
 
 def test_default_size_is_the_first_shorter_side_at_most_224(tmp_path):
@@ -182,7 +183,8 @@ def test_cache_remembers_skipped_images(tmp_path):
 def test_real_samples_as_flat_and_as_class_folders(shared_dir, tmp_path, sample, side):
     source = shared_dir / "data" / sample
     flat = load_dataset(str(source))
-    assert flat.images.shape == (20, 3, side, side)
+    stored = side if side == 32 else 342  # ImageNet's photographs whole, longer side at 342
+    assert flat.image_size == side and flat.images.shape == (20, 3, stored, stored)
     assert (flat.labels == -1).all()
     for path in sorted(source.iterdir()):  # <set>_<index>_<label>.<ext>: label folders
         label = path.stem.split("_")[-1]

@@ -16,13 +16,14 @@ def numbered(n):
 
 
 def run(data, batch_size, **kwargs):
-    return [labels.tolist() for _, labels in epoch_batches(data, batch_size, **kwargs)]
+    return [labels.tolist() for _, labels, _ in epoch_batches(data, batch_size, **kwargs)]
 
 
 def test_batches_are_uint8_images_with_their_labels():
     data = numbered(50)
-    for images, labels in epoch_batches(data, 8, seed=0, epoch=0):
+    for images, labels, extents in epoch_batches(data, 8, seed=0, epoch=0):
         assert images.shape == (8, 3, 4, 4)
+        assert extents.tolist() == [[4, 4]] * 8  # arrays: every image fills its square
         assert images.dtype == torch.uint8
         assert labels.dtype == torch.int64
         assert torch.equal(images[:, 0, 0, 0].long(), labels % 256)
@@ -111,16 +112,18 @@ def reference(
         batch = order[step * batch_size : (step + 1) * batch_size]
         share = len(batch) // world_size
         index = torch.tensor(batch[rank * share : (rank + 1) * share])
-        out.append((data.images[index].contiguous(), data.labels[index]))
+        extents = data.image_extents()[index]
+        out.append((data.images[index].contiguous(), data.labels[index], extents))
     return out
 
 
 def assert_same_batches(got, expected):
     assert len(got) == len(expected)
-    for (images, labels), (ref_images, ref_labels) in zip(got, expected):
+    for (images, labels, extents), (ref_images, ref_labels, ref_extents) in zip(got, expected):
         assert images.is_contiguous()
         assert torch.equal(images, ref_images)
         assert torch.equal(labels, ref_labels)
+        assert torch.equal(extents, ref_extents)
 
 
 def transposed_memory_map(path, n, side=6):
@@ -148,9 +151,12 @@ CASES = [  # (n, batch_size, keyword arguments)
 
 
 @pytest.mark.parametrize(("n", "batch_size", "kwargs"), CASES)
-@pytest.mark.parametrize("source", ["memory", "transposed memory map"])
+@pytest.mark.parametrize("source", ["memory", "transposed memory map", "whole images"])
 def test_prefetched_batches_equal_a_plain_gather(tmp_path, n, batch_size, kwargs, source):
     data = numbered(n) if source == "memory" else transposed_memory_map(tmp_path / "x.bin", n)
+    if source == "whole images":  # each image's own extent on its square travels with it
+        extents = torch.randint(1, 5, (n, 2), generator=torch.Generator().manual_seed(n))
+        data = ImageDataset(data.images, data.labels, extents=extents)
     kwargs = {"seed": 3, "epoch": 2} | kwargs
     # held all at once: a batch the consumer keeps is never overwritten by a later one
     for prefetch in (True, False):

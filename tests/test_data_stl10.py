@@ -46,7 +46,7 @@ def test_reads_every_split_row_major(tmp_path, split):
 def test_batches_from_the_memory_map(tmp_path):
     images, _ = write_stl10(tmp_path)["unlabeled"]
     data = load_dataset(f"stl10:{tmp_path / 'stl10_binary'}", "unlabeled")
-    batch, _ = next(epoch_batches(data, 4, seed=0, epoch=0, shuffle=False))
+    batch = next(epoch_batches(data, 4, seed=0, epoch=0, shuffle=False)).images
     assert batch.is_contiguous()
     assert torch.equal(batch, torch.from_numpy(images))
 

@@ -12,7 +12,7 @@ from multiprocess import run_distributed
 from simclrv2 import distributed
 from simclrv2.build import optimizer_and_schedule
 from simclrv2.config import Config, OptimizerConfig
-from simclrv2.data import ImageDataset
+from simclrv2.data import Batch, ImageDataset
 from simclrv2.evaluation import extract, knn_scores
 from simclrv2.export import ExportedModel
 from simclrv2.losses import nt_xent
@@ -146,8 +146,8 @@ def _pretrain(
     settings = OptimizerConfig(optimizer="lars", base_lr=2.0, weight_decay=1e-4, warmup=1)
     optimizer, schedule = optimizer_and_schedule(settings, model, EPOCHS, GLOBAL_BATCH, IMAGES)
 
-    def step(batch: torch.Tensor, labels: torch.Tensor, generator: torch.Generator) -> dict:
-        x = batch.double() / 255
+    def step(batch: Batch, generator: torch.Generator) -> dict:
+        x = batch.images.double() / 255
         views = torch.cat([x, x.flip(3).sqrt()])  # (2n, 1, 12, 12)
         views = views + noise * torch.randn(views.shape, generator=generator, dtype=torch.float64)
         _, z = model(views)

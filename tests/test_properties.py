@@ -414,7 +414,9 @@ def test_damaged_images_in_a_folder(suffix, mutations, strict):
         except UserError as error:
             assert_one_line(error)
         else:
-            assert len(dataset) in (3, 4) and dataset.images.shape[1:] == (3, 12, 12)
+            assert len(dataset) in (3, 4) and dataset.image_size == 12  # the shorter side
+            assert dataset.images.shape[1:] == (3, 16, 16)  # each 12 x 16 image whole
+            assert dataset.extents.tolist() == [[12, 16]] * len(dataset)
 
 
 # ----------------------------------------------------------------------------------------------

@@ -22,9 +22,9 @@ def test_finetuning_trains_on_every_labelled_image_each_epoch(tiny_data, tmp_pat
     real = training.epoch_batches
 
     def recorded(*args, **kwargs):
-        for images, labels in real(*args, **kwargs):
-            batches.append(images.flatten(1).clone())
-            yield images, labels
+        for batch in real(*args, **kwargs):
+            batches.append(batch.images.flatten(1).clone())
+            yield batch
 
     monkeypatch.setattr(training, "epoch_batches", recorded)
     out = tmp_path / "run"

@@ -41,8 +41,8 @@ def test_grid_of_real_photos_has_originals_then_distinct_views(shared_dir):
 def test_small_images_are_enlarged_by_nearest_neighbour(channels):
     images = torch.randint(0, 256, (2, channels, 28, 28), dtype=torch.uint8)
 
-    def augment(x, generator):
-        return crop_flip(x, 28, generator, crop_scale=(1.0, 1.0), flip_p=0.0)
+    def augment(x, generator, extents):
+        return crop_flip(x, 28, generator, crop_scale=(1.0, 1.0), flip_p=0.0, extents=extents)
 
     grid = augmentation_grid(images, augment, 2, torch.Generator().manual_seed(0), min_tile=96)
     pixels = np.asarray(grid)

@@ -14,7 +14,6 @@ from simclrv2 import distributed
 from simclrv2.augment import SimCLRAugment
 from simclrv2.config import AugmentConfig, Config, DataConfig, ModelConfig, OptimizerConfig
 from simclrv2.data import ImageDataset, batches_per_epoch, load_dataset
-from simclrv2.export import ExportedModel
 from simclrv2.metrics import LOG
 from simclrv2.models import ContrastiveModel, ProjectionHead, ResNet, arch_name, build_encoder
 from simclrv2.optim import WarmupCosine, build_optimizer, scaled_learning_rate
@@ -27,6 +26,7 @@ def decoding(settings: DataConfig) -> dict:
         "cache_dir": settings.cache_dir,
         "workers": settings.num_workers,
         "depth": settings.depth_scaling,
+        "stored_side": settings.stored_side,
     }
 
 
@@ -46,17 +46,19 @@ def encoder(settings: ModelConfig, arch: str, data: ImageDataset) -> ResNet:
 
 
 def contrastive_model(
-    config: Config, data: ImageDataset, init: ExportedModel | None = None
+    config: Config,
+    data: ImageDataset,
+    init: tuple[ResNet, ProjectionHead | None] | None = None,
 ) -> ContrastiveModel:
     """The configured encoder f with its projection head g, for pretraining on ``data``; from
-    ``init`` (continued pretraining), its encoder, and its head where it has the configured shape,
-    else a new head (the log says which)."""
+    ``init`` (continued pretraining: an initial model's encoder and head), its encoder, and its
+    head where it has the configured shape, else a new head (the log says which)."""
     settings = config.model
-    f = init.encoder if init is not None else encoder(settings, settings.arch, data)
+    f = init[0] if init is not None else encoder(settings, settings.arch, data)
     g = ProjectionHead(f.out_dim, settings.head_layers, settings.head_hidden_dim, settings.proj_dim)
     if init is None:
         return ContrastiveModel(f, g)
-    arch, given = arch_name(f.spec), init.projection_head
+    arch, given = arch_name(f.spec), init[1]
     if given is not None and _shapes(given) == _shapes(g):
         LOG.info("pretrain: from the initial model's %s encoder and its projection head", arch)
         return ContrastiveModel(f, given)

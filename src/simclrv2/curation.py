@@ -25,8 +25,8 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from simclrv2.atomic import atomic_file, write_text
-from simclrv2.data import ImageDataset, save_indices, save_names
-from simclrv2.data.folder import Decoding, decode_image, read_folder
+from simclrv2.data import UNLABELLED, ImageDataset, save_indices, save_names
+from simclrv2.data.folder import Decoding, read_folder, read_images
 from simclrv2.errors import UserError
 from simclrv2.evaluation import extract
 from simclrv2.export import ExportedModel, match_channels
@@ -42,19 +42,13 @@ METHODS = ("kcenter", "uncertain")
 
 def read_queries(path: str | os.PathLike, size: int, channels: int) -> ImageDataset:
     """Query images from an image file or a folder of images, decoded as the folder reader does
-    (RGB, centre square, bicubic to ``size`` px), with ``channels`` channels (1: grey)."""
+    (whole images for views of ``size`` px), with ``channels`` channels (1: grey)."""
     path = Path(path)
+    decoding = Decoding(image_size=size)
     if path.is_dir():
-        queries = read_folder(path, "train", Decoding(image_size=size))
+        queries = read_folder(path, "train", decoding)
     elif path.is_file():
-        try:
-            image = decode_image(path, size)
-        except Exception as error:  # Pillow raises many types for a file it cannot read
-            raise UserError(
-                f"{path}: cannot decode this image ({type(error).__name__}); give a JPEG, PNG or "
-                "another image file, or a folder of them"
-            ) from None
-        queries = ImageDataset(torch.tensor(image)[None], names=[path.name])
+        queries = read_images(path.parent, [path], [UNLABELLED], [], [path.name], decoding)
     else:
         raise UserError(f"--query {path} does not exist; give an image file or a folder of images")
     return match_channels(channels, queries)[0]

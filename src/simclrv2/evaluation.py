@@ -43,17 +43,16 @@ def extract(
     """
     starts = _shard_starts(len(data), batch_size, distributed.world_size())
     start, stop = starts[distributed.rank()], starts[distributed.rank() + 1]
-    shard = ImageDataset(data.images[start:stop], data.labels[start:stop])  # views
-    if start == stop:  # nothing left for this process: one image gives the feature width
-        shard = ImageDataset(data.images[:1], data.labels[:1])
+    # views; a process left with nothing extracts one image, for the feature width
+    shard = data.slice(start, stop) if start < stop else data.slice(0, 1)
     features = []
     batches = epoch_batches(
         shard, batch_size, seed=0, epoch=0, shuffle=False, drop_last=False, device=runtime.device
     )
     with closing(batches):
-        for images, _ in batches:
+        for images, _, extents in batches:
             with runtime.autocast():
-                out = fn(runtime.images(center_crop(images, image_size)))
+                out = fn(runtime.images(center_crop(images, image_size, extents=extents)))
             features.append(out.float().cpu())
     counts = [b - a for a, b in pairwise(starts)]
     features = torch.cat(features)[: stop - start]

@@ -276,9 +276,8 @@ def _augmentations(run: Path, out: Path) -> str | None:
     config = load_run_config(run)
     data = load_run_data(config.data, with_pools=False).pool
     augment = build.pretrain_augment(config.augment, data.image_size)
-    grid = augmentation_grid(
-        data.images[:8], augment, views=6, generator=torch.Generator().manual_seed(0)
-    )
+    images, _, extents = data.rows(torch.arange(min(8, len(data))))
+    grid = augmentation_grid(images, augment, 6, torch.Generator().manual_seed(0), extents=extents)
     grid.save(out / "augmentations.png")
     return "augmentations.png"
 

@@ -40,7 +40,7 @@ from simclrv2.checkpoint import (
     space_needed,
 )
 from simclrv2.config import Config
-from simclrv2.data import ImageDataset, batches_per_epoch, epoch_batches
+from simclrv2.data import Batch, ImageDataset, batches_per_epoch, epoch_batches
 from simclrv2.errors import Interrupted, UserError, first_line
 from simclrv2.export import ExportedModel, load_exported, save_exported
 from simclrv2.metrics import LOG, MetricsWriter, progress_bar
@@ -50,7 +50,7 @@ from simclrv2.runtime import Runtime
 from simclrv2.stop_signal import StopSignal
 
 RESULTS = "results.json"  # a finished stage's metrics; its presence marks the stage done
-StepFn = Callable[[Tensor, Tensor, torch.Generator], dict[str, Tensor]]
+StepFn = Callable[[Batch, torch.Generator], dict[str, Tensor]]
 LOG_EVERY = 10  # optimiser steps between metric rows
 NEVER = torch.iinfo(torch.int64).max  # the step of a loss record while every loss was finite
 
@@ -223,7 +223,8 @@ def fit(
     checkpoint_every: int = 0,
     drop_last: bool = True,
 ) -> Position:
-    """Train ``modules`` with ``step_fn`` (images uint8 on the device, labels, generator -> metrics
+    """Train ``modules`` with ``step_fn`` (a :class:`~simclrv2.data.Batch` on the device, the
+    generator -> metrics
     with the run's differentiable ``loss``, the one the bar shows, and optionally an ``objective``
     to differentiate in its place, e.g. ``loss`` plus a monitor's own loss) for ``epochs``,
     resuming from the stage's latest checkpoint.
@@ -323,11 +324,11 @@ def fit(
             # images_per_s is timed from the epoch's start, the last row or the last checkpoint
             since = time.perf_counter(), position.step
             with closing(batches):  # the loader's thread stops however the epoch ends
-                for images, labels in batches:
+                for batch in batches:
                     lr = schedule(position.step)
                     set_learning_rate(optimizer, lr)
                     with runtime.autocast():
-                        values = step_fn(images, labels, generator)
+                        values = step_fn(batch, generator)
                     objective = values.pop("objective", values["loss"])
                     loss_record.update(position.step + 1, objective.detach())
                     optimizer.zero_grad(set_to_none=True)

@@ -41,20 +41,22 @@ def tile_grid(tiles: Tensor, first_gap: int = ORIGINALS_GAP, min_tile: int = 96)
 
 def augmentation_grid(
     images: Tensor,
-    augment: Callable[[Tensor, torch.Generator], Tensor],
+    augment: Callable[[Tensor, torch.Generator, Tensor | None], Tensor],
     views: int,
     generator: torch.Generator,
     min_tile: int = 96,
+    extents: Tensor | None = None,
 ) -> Image.Image:
     """One row per image: the original, then ``views`` independent augmented views.
 
-    ``images``: uint8 (N, C, H, W), C = 1 or 3; ``augment(images, generator)`` returns float views
-    (N, C, S, S) in [0, 1] (a :class:`~simclrv2.augment.SimCLRAugment`, or e.g.
-    ``lambda x, g: crop_flip(x, 96, g)``). The original is the whole image
-    resized to S. Tiles as :func:`tile_grid`. Returns an RGB image.
+    ``images``: uint8 (N, C, H, W), C = 1 or 3, each image in its ``extents`` (N, 2) (default:
+    the whole square); ``augment(images, generator, extents)`` returns float views (N, C, S, S)
+    in [0, 1] (a :class:`~simclrv2.augment.SimCLRAugment`, or e.g.
+    ``lambda x, g, e: crop_flip(x, 96, g, extents=e)``). The original is the centre square of
+    each whole image resized to S. Tiles as :func:`tile_grid`. Returns an RGB image.
     """
-    columns = [augment(images, generator) for _ in range(views)]
+    columns = [augment(images, generator, extents) for _ in range(views)]
     size = columns[0].shape[-1] if columns else images.shape[-1]
-    columns.insert(0, center_crop(images, size, fraction=1.0))
+    columns.insert(0, center_crop(images, size, fraction=1.0, extents=extents))
     tiles = torch.stack([(c.detach().cpu() * 255).round().to(torch.uint8) for c in columns], 1)
     return tile_grid(tiles, ORIGINALS_GAP, min_tile)

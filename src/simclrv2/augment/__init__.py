@@ -12,6 +12,8 @@ Public names (modules: ``crops``, ``colour``, ``views``):
   ``sample`` draws :class:`ViewParams` and ``apply`` renders them, for inspection and tests.
 - :func:`crop_flip`: random resized crop + horizontal flip only (fine-tuning and distillation).
 - :func:`center_crop`: evaluation crop (87.5% of the shorter side above 32 px, none at 32 px).
+- :func:`image_extents`: each image's (height, width): whole images stored on a larger square
+  (image folders) carry their own, and every crop is cut within them.
 - :func:`sample_crop_boxes`, :func:`resized_crops`: the crop sampler and the batched
   crop + flip + bicubic resize.
 - Colour ops at given per-image parameters: :func:`scale_brightness` (v2),
@@ -74,6 +76,7 @@ from simclrv2.augment.crops import (
     SCALE,
     center_crop,
     crop_flip,
+    image_extents,
     resized_crops,
     sample_crop_boxes,
 )
@@ -92,6 +95,7 @@ __all__ = [
     "center_crop",
     "crop_flip",
     "gaussian_blur",
+    "image_extents",
     "resized_crops",
     "sample_crop_boxes",
     "scale_brightness",

@@ -59,10 +59,10 @@ def _first_success(ok: Tensor, values: Tensor) -> tuple[Tensor, Tensor]:
 
 
 def _area_boxes(
-    n: int, height: int, width: int, scale, ratio, generator: torch.Generator, device
+    n: int, height: Tensor, width: Tensor, scale, ratio, generator: torch.Generator, device
 ) -> tuple[Tensor, Tensor, Tensor]:
-    """The paper's sampler (docs/facts.md): (h, w, success) per image; area U(scale), log-uniform
-    aspect."""
+    """The paper's sampler (docs/facts.md): (h, w, success) per image of ``height`` x ``width``
+    ((n, 1) each); area U(scale) of the image's, log-uniform aspect."""
     shape = (n, MAX_ATTEMPTS)
     area = height * width * torch.empty(shape, device=device).uniform_(*scale, generator=generator)
     log_ratio = torch.empty(shape, device=device).uniform_(
@@ -75,22 +75,21 @@ def _area_boxes(
     h, found = _first_success(ok, h)
     w, _ = _first_success(ok, w)
     # fallback: centre crop of the whole image with its aspect clamped into `ratio`
-    image_aspect = width / height
-    if image_aspect < ratio[0]:
-        fallback_w, fallback_h = width, round(width / ratio[0])
-    elif image_aspect > ratio[1]:
-        fallback_w, fallback_h = round(height * ratio[1]), height
-    else:
-        fallback_w, fallback_h = width, height
+    height, width = height.squeeze(1), width.squeeze(1)
+    image_aspect = width.double() / height
+    narrow, wide = image_aspect < ratio[0], image_aspect > ratio[1]
+    fallback_w = torch.where(wide, (height * ratio[1]).round().long(), width)
+    fallback_h = torch.where(narrow, (width / ratio[0]).round().long(), height)
     h = torch.where(found, h, fallback_h)
     w = torch.where(found, w, fallback_w)
     return h, w, found
 
 
 def _tf_boxes(
-    n: int, height: int, width: int, scale, ratio, generator: torch.Generator, device
+    n: int, height: Tensor, width: Tensor, scale, ratio, generator: torch.Generator, device
 ) -> tuple[Tensor, Tensor, Tensor]:
-    """``sample_distorted_bounding_box`` (its GenerateRandomCrop), all attempts at once."""
+    """``sample_distorted_bounding_box`` (its GenerateRandomCrop), all attempts at once, per
+    image of ``height`` x ``width`` ((n, 1) each)."""
     shape = (n, MAX_ATTEMPTS)
     aspect = torch.empty(shape, device=device).uniform_(*ratio, generator=generator)
     min_area, max_area = scale[0] * height * width, scale[1] * height * width
@@ -114,13 +113,14 @@ def _tf_boxes(
     ok &= (w > 0) & (h > 0) & (area.float() / (height * width) >= TF_MIN_COVERED)  # as TF, fp32
     h, found = _first_success(ok, h)
     w, _ = _first_success(ok, w)
+    height, width = height.squeeze(1), width.squeeze(1)
     return torch.where(found, h, height), torch.where(found, w, width), found
 
 
 def sample_crop_boxes(
     n: int,
-    height: int,
-    width: int,
+    height: int | Tensor,
+    width: int | Tensor,
     generator: torch.Generator,
     scale: tuple[float, float] = SCALE,
     ratio: tuple[float, float] = RATIO,
@@ -128,13 +128,18 @@ def sample_crop_boxes(
 ) -> Tensor:
     """Random crop boxes for n images of height x width: (n, 4) int64 rows (top, left, h, w).
 
+    ``height`` and ``width`` are each image's own (ints, or (n,) int tensors: the extents of
+    whole images stored on a larger square); areas and aspects are relative to each image.
     ``sampler`` is "area" (the paper, docs/facts.md) or "tf" (the reference's
-    ``sample_distorted_bounding_box``); see the package docstring. Offsets are uniform over the positions where the box fits ("tf": all but
-    the last, as TF's kernel), and centred for the "area" sampler's fallback crop.
+    ``sample_distorted_bounding_box``); see the package docstring. Offsets are uniform over the
+    positions where the box fits ("tf": all but the last, as TF's kernel), and centred for the
+    "area" sampler's fallback crop.
     """
     device = generator.device
+    height, width = (torch.as_tensor(side, device=device).expand(n)[:, None] for side in (height, width))  # fmt: skip
     draw = {"area": _area_boxes, "tf": _tf_boxes}[sampler]
     h, w, found = draw(n, height, width, scale, ratio, generator, device)
+    height, width = height.squeeze(1), width.squeeze(1)
     positions_y, positions_x = height - h + 1, width - w + 1
     if sampler == "tf":  # TF's Uniform(height - h) never yields the last position
         positions_y, positions_x = (positions_y - 1).clamp(min=1), (positions_x - 1).clamp(min=1)
@@ -203,6 +208,15 @@ def resized_crops(
     return out.copy_(x.view(n, size, c, size).permute(0, 2, 1, 3)).clamp_(0, 255).div_(255)
 
 
+def image_extents(images: Tensor, extents: Tensor | None = None) -> Tensor:
+    """Each image's (height, width) in pixels, (N, 2) int64 on the batch's device: ``extents``
+    (whole images stored top-left on a larger square) or the batch's whole side."""
+    if extents is not None:
+        return extents.to(images.device)
+    n, _, height, width = images.shape
+    return torch.tensor([height, width], device=images.device).expand(n, 2)
+
+
 def crop_flip(
     images: Tensor,
     size: int,
@@ -211,25 +225,33 @@ def crop_flip(
     crop_ratio: tuple[float, float] = RATIO,
     flip_p: float = 0.5,
     crop_sampler: CropSampler = "area",
+    extents: Tensor | None = None,
 ) -> Tensor:
     """Random resized crop and horizontal flip only: the augmentation of fine-tuning and
-    distillation (SimCLRv2, Sec. 3). uint8 (N, C, H, W) -> float32 (N, C, size, size) in [0, 1].
+    distillation (SimCLRv2, Sec. 3). uint8 (N, C, H, W) -> float32 (N, C, size, size) in [0, 1];
+    ``extents`` (N, 2): each image's (height, width) on its stored square (default: all of it).
     """
-    n, _, height, width = images.shape
-    boxes = sample_crop_boxes(n, height, width, generator, crop_scale, crop_ratio, crop_sampler)
+    height, width = image_extents(images, extents).unbind(1)
+    boxes = sample_crop_boxes(
+        len(images), height, width, generator, crop_scale, crop_ratio, crop_sampler
+    )
     flip = torch.rand(len(images), generator=generator, device=generator.device) < flip_p
     return resized_crops(images, boxes, size, flip)
 
 
-def center_crop(images: Tensor, size: int, fraction: float | None = None) -> Tensor:
-    """Evaluation view: central square of ``fraction`` of the shorter side, resized to size.
+def center_crop(
+    images: Tensor, size: int, fraction: float | None = None, extents: Tensor | None = None
+) -> Tensor:
+    """Evaluation view: the central square of ``fraction`` of each image's shorter side (of its
+    ``extents`` when given: the original image's, not the stored square's), resized to size.
 
     ``fraction=None`` follows the reference: 0.875 when ``size`` > 32, else 1.0 (no crop; a
     size x size input then comes back unchanged, only converted to floats in [0, 1]).
     """
     if fraction is None:
         fraction = EVAL_CROP if size > 32 else 1.0
-    n, _, height, width = images.shape
-    side = round(fraction * min(height, width))  # TF's _compute_crop_shape for a square output
-    box = torch.tensor([(height - side + 1) // 2, (width - side + 1) // 2, side, side])
-    return resized_crops(images, box.to(images.device).expand(n, 4), size)
+    height, width = image_extents(images, extents).unbind(1)
+    # TF's _compute_crop_shape for a square output, rounded half to even as Python's round
+    side = (fraction * torch.minimum(height, width).double()).round().long()
+    boxes = torch.stack([(height - side + 1) // 2, (width - side + 1) // 2, side, side], dim=1)
+    return resized_crops(images, boxes, size)

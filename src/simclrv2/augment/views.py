@@ -26,6 +26,7 @@ from simclrv2.augment.crops import (
     SCALE,
     CropSampler,
     check_images,
+    image_extents,
     outside_autocast,
     resized_crops,
     sample_crop_boxes,
@@ -124,8 +125,11 @@ class SimCLRAugment:
         small = size <= 32
         return cls(size=size, jitter_strength=0.5 if small else 1.0, blur=not small)
 
-    def sample(self, n: int, height: int, width: int, generator: torch.Generator) -> ViewParams:
-        """Draw every random choice for n views of height x width images, in a fixed order."""
+    def sample(
+        self, n: int, height: int | Tensor, width: int | Tensor, generator: torch.Generator
+    ) -> ViewParams:
+        """Draw every random choice for n views of height x width images (ints, or (n,) tensors
+        of each image's extent), in a fixed order."""
         device = generator.device
 
         def uniform(low: float, high: float) -> Tensor:
@@ -200,10 +204,14 @@ class SimCLRAugment:
             x = _apply_where(x, params.blur, blur, params.sigma, subset=subset)
         return x
 
-    def __call__(self, images: Tensor, generator: torch.Generator) -> Tensor:
-        """One augmented view of every image: uint8 (N, C, H, W) -> float32 (N, C, size, size)."""
+    def __call__(
+        self, images: Tensor, generator: torch.Generator, extents: Tensor | None = None
+    ) -> Tensor:
+        """One augmented view of every image: uint8 (N, C, H, W) -> float32 (N, C, size, size);
+        crops are cut from each image's ``extents`` (N, 2) (default: the whole square)."""
         check_images(images)
-        return self.apply(images, self.sample(len(images), *images.shape[2:], generator))
+        height, width = image_extents(images, extents).unbind(1)
+        return self.apply(images, self.sample(len(images), height, width, generator))
 
 
 def _transpose(x: Tensor) -> Tensor:

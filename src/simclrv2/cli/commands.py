@@ -226,7 +226,8 @@ def show_augmentations(args: argparse.Namespace) -> None:
     generator = torch.Generator().manual_seed(args.seed)
     chosen = torch.randperm(len(data), generator=generator)[: args.images]
     augment = build.pretrain_augment(config.augment, args.size or data.image_size)
-    augmentation_grid(data.images[chosen], augment, args.views, generator).save(args.out)
+    images, _, extents = data.rows(chosen)
+    augmentation_grid(images, augment, args.views, generator, extents=extents).save(args.out)
     print(f"{len(chosen)} images x {args.views} views: {args.out}\n{augment}")
 
 

@@ -92,6 +92,8 @@ class DataConfig:
     validation_fraction: float = within(0, 1, 0.1, high_open=True)
     validation_seed: int = 0  # seed of the validation hold-out
     image_size: int | None = at_least(8, None)  # training side in px; None = the data's own
+    # image folders: each whole image's longer side in px as stored; None = 8/7 * 4/3 of image_size
+    stored_side: int | None = at_least(8, None)
     cache_dir: str | None = None  # on-disk uint8 cache for decoded image folders
     num_workers: int = at_least(0, 2)  # decoding processes for image folders; 0 = one per CPU
     strict: bool = False  # a corrupt image is an error (else skipped with a warning and a count)

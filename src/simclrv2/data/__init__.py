@@ -5,7 +5,7 @@ the labelled fraction; ``epoch_batches`` yields resumable, shardable batches by 
 """
 
 from simclrv2.data.dataset import UNLABELLED, ImageDataset
-from simclrv2.data.loader import batches_per_epoch, epoch_batches, epoch_order
+from simclrv2.data.loader import Batch, batches_per_epoch, epoch_batches, epoch_order
 from simclrv2.data.sources import load_dataset
 from simclrv2.data.splits import (
     class_balanced_indices,
@@ -19,6 +19,7 @@ from simclrv2.data.splits import (
 
 __all__ = [
     "UNLABELLED",
+    "Batch",
     "ImageDataset",
     "batches_per_epoch",
     "class_balanced_indices",

@@ -4,15 +4,21 @@ Layouts: ``root/<class>/**/<image>`` (classes in sorted order are labels 0, 1, .
 ``root/<image>`` (labels -1), optionally split as ``root/train``, ``root/test`` (or ``root/val``,
 ImageNet's) and ``root/unlabeled``; a folder without split sub-folders is the "train" split.
 
-The images are decoded ONCE, in worker processes, into one fixed-size uint8 array of the folder's
-channels (:mod:`simclrv2.data.decode`: grey, RGB or C bands; deep images scaled), the centre
-square of the shorter side, resized (bicubic, antialiased) to ``size`` px. Training then sees the
-same fixed-size uint8 batches as for every other source and never decodes during an epoch; random
-crops are taken from this stored square. With a ``cache_dir`` the array is written there as a
-``.npy`` (plus a ``.json`` of labels and names), keyed by the folder's file names, sizes,
-modification times and labels, by ``size`` and the depth rule, so a folder that changes gets a
-new entry; later runs memory-map it instead of decoding, and processes that start together (the
-ranks of a torchrun node) wait on a lock while one of them builds it. An image that cannot be
+The images are decoded ONCE, in worker processes, into one uint8 array of the folder's channels
+(:mod:`simclrv2.data.decode`: grey, RGB or C bands; deep images scaled). Each image is kept
+WHOLE, its aspect kept, resized (bicubic, antialiased, never enlarged) so that its longer side is
+at most the stored side, and placed in the top-left corner of a square of that side, its extent
+recorded; random crops are then cut from the whole image in its own coordinates, and evaluation
+takes the centre of the original's shorter side. The stored side is ``stored_side``, by default
+``ceil(size * 8/7 * 4/3)`` (342 px for 224 px views): a 4:3 photograph keeps a shorter side of
+``size / 0.875``, so evaluation's centre 87.5% is ``size`` px, and random crops mostly shrink
+(README, "What is stored"); the square is no larger than the folder's largest image. Training
+then sees uint8 batches as for every other source and never decodes during an epoch. With a
+``cache_dir`` the array is written there as a ``.npy`` (plus a ``.json`` of labels, names and
+extents), keyed by the folder's file names, sizes, modification times and labels, by the stored
+side and the depth rule, so a folder that changes gets a new entry; later runs memory-map it
+instead of decoding, and processes that start together (the ranks of a torchrun node) wait on a
+lock while one of them builds it. An image that cannot be
 decoded is skipped and counted in one warning, or stops the load with a one-line error under
 ``strict``.
 """
@@ -23,6 +29,7 @@ import contextlib
 import fcntl
 import hashlib
 import json
+import math
 import os
 import warnings
 from collections.abc import Iterator
@@ -36,7 +43,7 @@ from PIL import Image
 
 from simclrv2.atomic import atomic_file, write_text
 from simclrv2.data.dataset import UNLABELLED, ImageDataset, check_split
-from simclrv2.data.decode import DepthScaling, decode_image, folder_channels
+from simclrv2.data.decode import DepthScaling, decode_image, folder_shape
 from simclrv2.errors import UserError
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".ppm"}
@@ -48,7 +55,7 @@ SPLIT_FOLDERS = {
 }
 DEFAULT_MAX_SIZE = 224  # default side: the first image's shorter side, at most this (ImageNet's)
 CHUNK = 64  # images per task sent to a worker process (smaller folders: no processes)
-CACHE_VERSION = 2  # part of the cache key: bump when the decoding changes
+CACHE_VERSION = 3  # part of the cache key: bump when the decoding changes
 
 
 def _visible(path: Path) -> bool:
@@ -106,18 +113,25 @@ def list_images(root: Path) -> tuple[list[Path], list[int], list[str]]:
     return files, labels, classes
 
 
-def _decode_chunk(
-    paths: list[str], size: int, channels: int, depth: DepthScaling
-) -> tuple[np.ndarray, list[tuple[int, str]]]:
-    """Decode a chunk in a worker: (the decoded images, (position, problem) of each failure)."""
+def stored_side(view_size: int) -> int:
+    """The default stored side for views of ``view_size`` px (module docstring): 4/3 of the
+    shorter side whose centre 87.5% is the view."""
+    return math.ceil(view_size * 8 / 7 * 4 / 3)
+
+
+Decoded = tuple[list[np.ndarray], list[tuple[int, str]]]  # images (C, h, w), (position, problem)
+
+
+def _decode_chunk(paths: list[str], side: int, channels: int, depth: DepthScaling) -> Decoded:
+    """Decode a chunk in a worker: (the decoded whole images, (position, problem) of each
+    failure)."""
     decoded, failures = [], []
     for position, path in enumerate(paths):
         try:
-            decoded.append(decode_image(path, size, channels, depth))
+            decoded.append(decode_image(path, side, channels, depth))
         except Exception as error:  # Pillow raises many types for damaged files; all mean "skip"
             failures.append((position, f"{type(error).__name__}: {error}"))
-    images = np.stack(decoded) if decoded else np.empty((0, channels, size, size), np.uint8)
-    return images, failures
+    return decoded, failures
 
 
 def _undecodable(path: Path | str, problem: str) -> UserError:
@@ -129,27 +143,30 @@ def _undecodable(path: Path | str, problem: str) -> UserError:
 
 def _decode_all(
     files: list[Path], out: np.ndarray, depth: DepthScaling, workers: int, strict: bool
-) -> list[tuple[int, str]]:
-    """Decode ``files`` into the first rows of ``out`` (N, C, size, size), in order, skipping
-    failures (raising on the first under ``strict``); returns (file index, problem) of each
-    skipped file."""
+) -> tuple[list[tuple[int, int]], list[tuple[int, str]]]:
+    """Decode ``files`` into the first rows of ``out`` (N, C, S, S) (zeros), each whole image in
+    its row's top-left corner, in order, skipping failures (raising on the first under
+    ``strict``); returns the (height, width) of each decoded image and (file index, problem) of
+    each skipped file."""
     chunks = [[str(f) for f in files[i : i + CHUNK]] for i in range(0, len(files), CHUNK)]
     shape = [[out.shape[-1]] * len(chunks), [out.shape[1]] * len(chunks), [depth] * len(chunks)]
     pool = ProcessPoolExecutor(workers) if workers > 1 and len(chunks) > 1 else None
     results = (pool.map if pool else map)(_decode_chunk, chunks, *shape)
-    skipped, row = [], 0
+    extents, skipped = [], []
     try:
         for start, (images, failures) in zip(range(0, len(files), CHUNK), results):
             if strict and failures:
                 position, problem = failures[0]
                 raise _undecodable(files[start + position], problem)
             skipped += [(start + position, problem) for position, problem in failures]
-            out[row : row + len(images)] = images
-            row += len(images)
+            for image in images:
+                _, height, width = image.shape
+                out[len(extents), :, :height, :width] = image
+                extents.append((height, width))
     finally:
         if pool:
             pool.shutdown(cancel_futures=True)
-    return skipped
+    return extents, skipped
 
 
 def _default_size(root: Path, files: list[Path]) -> int:
@@ -178,31 +195,37 @@ def _cache_stem(
     return f"{root.name}-{size}px-{digest.hexdigest()[:16]}"
 
 
-def _listing(labels, classes, names, skipped) -> dict:
-    """What a decoded folder holds beside the pixels: labels and names of the kept images, the
-    classes, and (name, problem) of each skipped image."""
+def _listing(labels, classes, names, extents, skipped) -> dict:
+    """What a decoded folder holds beside the pixels: labels, names and (height, width) of the
+    kept images, the classes, and (name, problem) of each skipped image."""
     gone = {i for i, _ in skipped}
     return {
         "labels": [label for i, label in enumerate(labels) if i not in gone],
         "classes": classes,
         "names": [name for i, name in enumerate(names) if i not in gone],
+        "extents": [list(extent) for extent in extents],
         "skipped": [[names[i], problem] for i, problem in skipped],
     }
 
 
 def _decode_to_cache(
-    npy: Path, files: list[Path], size: int, depth: DepthScaling, workers: int, strict: bool
+    npy: Path,
+    files: list[Path],
+    shape: tuple[int, int, int, int],
+    depth: DepthScaling,
+    workers: int,
+    strict: bool,
 ):
-    """Decode into ``npy`` through a memory map, written atomically; returns the skipped files.
-    The decoded rows come first; the rows of skipped files stay zero at the end, unread."""
+    """Decode into ``npy`` of ``shape`` through a memory map, written atomically; returns the
+    extents and the skipped files. The decoded rows come first; the rows of skipped files stay
+    zero at the end, unread."""
     npy.parent.mkdir(parents=True, exist_ok=True)
-    shape = (len(files), folder_channels(files), size, size)
     with atomic_file(npy) as staging:
         out = np.lib.format.open_memmap(staging, "w+", np.uint8, shape)
-        skipped = _decode_all(files, out, depth, workers, strict)
+        decoded = _decode_all(files, out, depth, workers, strict)
         out.flush()
         del out
-    return skipped
+    return decoded
 
 
 @contextlib.contextmanager
@@ -220,21 +243,23 @@ def _building(lock: Path) -> Iterator[None]:
 
 @dataclass(frozen=True)
 class Decoding:
-    """How image files become the stored array: the side in px (None: the first image's shorter
-    side, at most 224), stop on an undecodable file instead of skipping it, the cache folder,
-    the decoding processes (None: one per CPU) and the depth rule of deep images."""
+    """How image files become the stored array: the side of the views in px (None: the first
+    image's shorter side, at most 224), stop on an undecodable file instead of skipping it, the
+    cache folder, the decoding processes (None: one per CPU), the depth rule of deep images and
+    the stored side in px (None: :func:`stored_side` of the view's)."""
 
     image_size: int | None = None
     strict: bool = False
     cache_dir: str | os.PathLike | None = None
     workers: int | None = None
     depth: DepthScaling = "full"
+    stored_side: int | None = None
 
 
 def read_folder(path: Path, split: str, decoding: Decoding = Decoding()) -> ImageDataset:
-    """The ``split`` of an image folder, decoded as ``decoding`` says to squares of its channels
-    (:mod:`simclrv2.data.decode`: grey stays one channel, deep images are scaled); with a cache
-    folder the result is memory-mapped from there."""
+    """The ``split`` of an image folder, decoded as ``decoding`` says: whole images of its
+    channels on squares (module docstring; :mod:`simclrv2.data.decode`: grey stays one channel,
+    deep images are scaled); with a cache folder the result is memory-mapped from there."""
     root = split_root(path, split)
     files, labels, classes = list_images(root)
     names = [f.relative_to(root).as_posix() for f in files]
@@ -254,18 +279,21 @@ def read_images(
     strict, cache_dir, depth = decoding.strict, decoding.cache_dir, decoding.depth
     size = decoding.image_size or _default_size(root, files)
     workers = decoding.workers or os.cpu_count() or 1
+    channels, longest = folder_shape(files)
+    side = min(decoding.stored_side or stored_side(size), longest or size)
+    shape = (len(files), channels, side, side)
     if cache_dir is None:
-        images = np.empty((len(files), folder_channels(files), size, size), np.uint8)
-        skipped = _decode_all(files, images, depth, workers, strict)
-        images = images[: len(files) - len(skipped)]
-        listing = _listing(labels, classes, names, skipped)
+        images = np.zeros(shape, np.uint8)
+        extents, skipped = _decode_all(files, images, depth, workers, strict)
+        images = images[: len(extents)]
+        listing = _listing(labels, classes, names, extents, skipped)
     else:
-        stem = _cache_stem(root, files, labels, size, depth)
+        stem = _cache_stem(root, files, labels, side, depth)
         npy, meta = Path(cache_dir) / f"{stem}.npy", Path(cache_dir) / f"{stem}.json"
         with _building(Path(cache_dir) / f"{stem}.lock"):  # one process decodes, the rest map
             if not (meta.is_file() and npy.is_file()):  # .json written last: .npy complete
-                skipped = _decode_to_cache(npy, files, size, depth, workers, strict)
-                write_text(meta, json.dumps(_listing(labels, classes, names, skipped)))
+                extents, skipped = _decode_to_cache(npy, files, shape, depth, workers, strict)
+                write_text(meta, json.dumps(_listing(labels, classes, names, extents, skipped)))
         listing = json.loads(meta.read_text())
         images = np.load(npy, mmap_mode="c")[: len(listing["names"])]
     if listing["skipped"]:
@@ -294,4 +322,6 @@ def read_images(
         listing["classes"],
         listing["names"],
         listing["skipped"],
+        torch.tensor(listing["extents"], dtype=torch.int64).reshape(-1, 2),
+        size,
     )

@@ -22,6 +22,7 @@ import contextlib
 import queue
 import threading
 from collections.abc import Iterable, Iterator
+from typing import NamedTuple
 
 import numpy as np
 import torch
@@ -29,6 +30,15 @@ from torch import Tensor
 
 from simclrv2.data.dataset import ImageDataset
 from simclrv2.errors import UserError
+
+
+class Batch(NamedTuple):
+    """One process's share of a global batch: uint8 images (B, C, S, S), int64 labels (B,) and
+    each image's (height, width) on its square, int64 (B, 2) (the whole square for arrays)."""
+
+    images: Tensor
+    labels: Tensor
+    extents: Tensor
 
 
 def batches_per_epoch(n: int, batch_size: int, drop_last: bool = True, world_size: int = 1) -> int:
@@ -66,10 +76,10 @@ def epoch_batches(
     world_size: int = 1,
     device: str | torch.device = "cpu",
     prefetch: bool | None = None,
-) -> Iterator[tuple[Tensor, Tensor]]:
-    """This process's (uint8 images (B, C, H, W), int64 labels (B,)) batches of one epoch, from
-    batch ``start_batch`` on, with B = batch_size / world_size; gathered one ahead on a thread
-    with ``prefetch`` (default: on CUDA only; always there).
+) -> Iterator[Batch]:
+    """This process's :class:`Batch` es of one epoch, from batch ``start_batch`` on, with
+    B = batch_size / world_size; gathered one ahead on a thread with ``prefetch`` (default: on
+    CUDA only; always there).
 
     With ``drop_last=False`` the last global batch is short; it is padded up to a multiple of
     ``world_size`` with images from the start of the epoch's order, as DistributedSampler does.
@@ -100,7 +110,7 @@ def _batches(
     world_size: int,
     device: torch.device,
     prefetch: bool,
-) -> Iterator[tuple[Tensor, Tensor]]:
+) -> Iterator[Batch]:
     """The generator behind :func:`epoch_batches`, which checks its arguments before the first
     batch is asked for."""
     shards = (_shard(order, step, batch_size, rank, world_size) for step in steps)
@@ -127,11 +137,12 @@ def _shard(order: Tensor, step: int, batch_size: int, rank: int, world_size: int
     return batch[rank * share : (rank + 1) * share]
 
 
-def _gather(dataset: ImageDataset, index: Tensor) -> tuple[Tensor, Tensor]:
-    """(images (B, C, H, W), labels (B,)) at ``index``: new contiguous tensors (also from a
-    memory map or a non-contiguous view)."""
+def _gather(dataset: ImageDataset, index: Tensor) -> Batch:
+    """The batch at ``index``: new contiguous tensors (also from a memory map or a
+    non-contiguous view)."""
     images = torch.index_select(dataset.images, 0, index)
-    return images, torch.index_select(dataset.labels, 0, index)
+    labels = torch.index_select(dataset.labels, 0, index)
+    return Batch(images, labels, torch.index_select(dataset.image_extents(), 0, index))
 
 
 class _PinnedCopy:
@@ -139,7 +150,8 @@ class _PinnedCopy:
     ``device`` on a side stream; returns the device tensors and the event that marks the copy done.
 
     A buffer is written again two batches later, after its copy's event has completed (a host wait
-    on the background thread, not on the compute stream).
+    on the background thread, not on the compute stream). Extents go with them when the data set
+    records them, else they are made on the device.
     """
 
     def __init__(self, dataset: ImageDataset, rows: int, device: torch.device) -> None:
@@ -149,39 +161,48 @@ class _PinnedCopy:
             (
                 torch.empty((rows, *dataset.images.shape[1:]), dtype=torch.uint8, pin_memory=True),
                 torch.empty(rows, dtype=torch.int64, pin_memory=True),
+                torch.empty((rows, 2), dtype=torch.int64, pin_memory=True),
             )
             for _ in range(2)
         ]
         self.copied: list[torch.cuda.Event | None] = [None, None]
         self.calls = 0
 
-    def __call__(self, index: Tensor) -> tuple[Tensor, Tensor, torch.cuda.Event]:
+    def __call__(self, index: Tensor) -> tuple[Batch, torch.cuda.Event]:
         slot = self.calls % 2
         self.calls += 1
         if self.copied[slot] is not None:
             self.copied[slot].synchronize()  # the buffer's previous batch has left for the GPU
-        images, labels = (buffer[: len(index)] for buffer in self.buffers[slot])
+        images, labels, extents = (buffer[: len(index)] for buffer in self.buffers[slot])
         torch.index_select(self.dataset.images, 0, index, out=images)
         torch.index_select(self.dataset.labels, 0, index, out=labels)
+        recorded = self.dataset.extents is not None
+        if recorded:
+            torch.index_select(self.dataset.extents, 0, index, out=extents)
         with torch.cuda.device(self.device), torch.cuda.stream(self.stream):
             images = images.to(self.device, non_blocking=True)
             labels = labels.to(self.device, non_blocking=True)
+            if recorded:
+                extents = extents.to(self.device, non_blocking=True)
+            else:  # every image fills its square: made on the device, nothing to copy
+                side = self.dataset.stored_size
+                extents = torch.full((len(index), 2), side, dtype=torch.int64, device=self.device)
             done = torch.cuda.Event()
             done.record(self.stream)
         self.copied[slot] = done
-        return images, labels, done
+        return Batch(images, labels, extents), done
 
 
-def _arrive_on_cuda(item: tuple[Tensor, Tensor, torch.cuda.Event]) -> tuple[Tensor, Tensor]:
+def _arrive_on_cuda(item: tuple[Batch, torch.cuda.Event]) -> Batch:
     """CUDA only. The batch, for the compute stream: it waits (on the device) for the copy, and
     the allocator keeps the batch's memory until the compute stream is done with it (the memory
     was allocated on the side stream)."""
-    images, labels, done = item
-    compute = torch.cuda.current_stream(images.device)
+    batch, done = item
+    compute = torch.cuda.current_stream(batch.images.device)
     compute.wait_event(done)
-    images.record_stream(compute)
-    labels.record_stream(compute)
-    return images, labels
+    for tensor in batch:
+        tensor.record_stream(compute)
+    return batch
 
 
 _END = object()  # the producer's last item

@@ -110,6 +110,7 @@ def load_dataset(
     workers: int | None = None,
     rgb: bool = False,
     depth: DepthScaling = "full",
+    stored_side: int | None = None,
 ) -> ImageDataset:
     """The ``split`` ("train", "test" or "unlabeled") of a data source as an :class:`ImageDataset`.
 
@@ -119,13 +120,14 @@ def load_dataset(
     it; default: the data's own size, at most 224 px for folders). ``strict``, ``cache_dir`` and
     ``workers`` apply to image folders and CSVs: stop on an undecodable image instead of skipping
     it, keep the decoded array there as a memory-mapped ``.npy``, and the number of decoding
-    processes; so does ``depth``, the scaling of 16-bit and float images
-    (:mod:`simclrv2.data.decode`). ``rgb`` repeats greyscale into 3 channels.
+    processes; so do ``depth``, the scaling of 16-bit and float images
+    (:mod:`simclrv2.data.decode`), and ``stored_side``, the longer side of each whole image as
+    stored (:mod:`simclrv2.data.folder`). ``rgb`` repeats greyscale into 3 channels.
     """
     source, named = split_suffix(source)
     split = named or split
     kind, path = parse_source(source)
-    decoding = Decoding(image_size, strict, cache_dir, workers, depth)
+    decoding = Decoding(image_size, strict, cache_dir, workers, depth, stored_side)
     if path is None:
         dataset = load_embedded(split)
     elif kind == FOLDER:

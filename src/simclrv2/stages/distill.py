@@ -21,7 +21,7 @@ from torch import Tensor, nn
 from simclrv2 import build
 from simclrv2.augment import crop_flip
 from simclrv2.config import Config
-from simclrv2.data import ImageDataset
+from simclrv2.data import Batch, ImageDataset
 from simclrv2.errors import UserError
 from simclrv2.evaluation import classifier_scores, top1_summary
 from simclrv2.export import ExportedModel, match_channels
@@ -72,8 +72,8 @@ def distill(
     )
     mix_labels = settings.alpha < 1 and labelled is not None
 
-    def step(images: Tensor, labels: Tensor, generator: torch.Generator) -> dict[str, Tensor]:
-        x = runtime.images(crop_flip(images, size, generator))
+    def step(batch: Batch, generator: torch.Generator) -> dict[str, Tensor]:
+        x = runtime.images(crop_flip(batch.images, size, generator, extents=batch.extents))
         with torch.no_grad():
             teacher_logits = teacher(x)
         tau = settings.temperature
@@ -82,13 +82,11 @@ def distill(
         values = {"distill_loss": loss.detach() / (tau**2 if settings.scale_by_t2 else 1.0)}
         if mix_labels:  # a labelled batch of the same size, drawn with the run's generator
             pick = torch.randint(
-                len(labelled), (images.shape[0],), generator=generator, device=generator.device
-            )
-            labelled_images, targets = labelled.images[pick.cpu()], labelled.labels[pick.cpu()]
-            x_labelled = runtime.images(
-                crop_flip(labelled_images.to(runtime.device), size, generator)
-            )
-            supervised = F.cross_entropy(student(x_labelled), targets.to(runtime.device))
+                len(labelled), (len(x),), generator=generator, device=generator.device
+            ).cpu()
+            images, targets, extents = (tensor.to(runtime.device) for tensor in labelled.rows(pick))
+            x_labelled = runtime.images(crop_flip(images, size, generator, extents=extents))
+            supervised = F.cross_entropy(student(x_labelled), targets)
             loss = settings.alpha * loss + (1 - settings.alpha) * supervised
             values["label_loss"] = supervised.detach()
         return values | {"loss": loss}

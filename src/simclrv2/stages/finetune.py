@@ -18,7 +18,7 @@ from torch import Tensor, nn
 from simclrv2 import build, distributed
 from simclrv2.augment import crop_flip
 from simclrv2.config import Config
-from simclrv2.data import ImageDataset
+from simclrv2.data import Batch, ImageDataset
 from simclrv2.data.splits import balanced_oversample
 from simclrv2.evaluation import classifier_scores, top1_summary
 from simclrv2.export import ExportedModel, match_channels
@@ -76,9 +76,9 @@ def finetune(
         drop_last=False,
     )
 
-    def step(images: Tensor, labels: Tensor, generator: torch.Generator) -> dict[str, Tensor]:
-        logits = model(runtime.images(crop_flip(images, size, generator)))
-        return {"loss": F.cross_entropy(logits, labels)}
+    def step(batch: Batch, generator: torch.Generator) -> dict[str, Tensor]:
+        views = crop_flip(batch.images, size, generator, extents=batch.extents)
+        return {"loss": F.cross_entropy(model(runtime.images(views)), batch.labels)}
 
     fit(
         stage,

@@ -43,9 +43,10 @@ def predict(
         data, BATCH, seed=0, epoch=0, shuffle=False, drop_last=False, device=runtime.device
     )
     with progress_bar(-(-len(data) // BATCH), 0, "predict") as bar, closing(batches):
-        for images, labels in batches:
+        for images, labels, extents in batches:
             with runtime.autocast():
-                logits = model(runtime.images(center_crop(images, data.image_size)))
+                views = center_crop(images, data.image_size, extents=extents)
+                logits = model(runtime.images(views))
             top = logits.float().softmax(1).topk(k, dim=1)
             found = zip(top.values.tolist(), top.indices.tolist(), labels.tolist())
             for row, (p, c, label) in enumerate(found):

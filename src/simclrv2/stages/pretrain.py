@@ -23,7 +23,7 @@ from torch import Tensor, nn
 
 from simclrv2 import build, distributed
 from simclrv2.config import Config
-from simclrv2.data import ImageDataset
+from simclrv2.data import Batch, ImageDataset
 from simclrv2.evaluation import extract, knn_scores
 from simclrv2.export import ExportedModel, match_channels
 from simclrv2.gradcache import check_chunk_size, chunked_forward
@@ -53,7 +53,8 @@ def pretrain(
         train, *checked = match_channels(channels, train, *evaluation.values())
         evaluation = dict(zip(evaluation, checked))
     stage = Stage.open("pretrain", directory, runtime, config.runtime.seed)
-    model = runtime.module(build.contrastive_model(config, train, init))
+    initial = None if init is None else (init.encoder, init.projection_head)
+    model = runtime.module(build.contrastive_model(config, train, initial))
     labelled = bool((train.labels >= 0).any())
     online = (
         runtime.module(LinearClassifier(model.encoder.out_dim, train.num_classes))
@@ -86,8 +87,9 @@ def pretrain(
         parts = runtime.images(first_views).split(chunk or len(first_views))
         queue.push(distributed.gather_with_grad(torch.cat([ema(part)[1] for part in parts])))
 
-    def step(images: Tensor, labels: Tensor, generator: torch.Generator) -> dict[str, Tensor]:
-        views = torch.cat([augment(images, generator), augment(images, generator)])  # (2n, C, S, S)
+    def step(batch: Batch, generator: torch.Generator) -> dict[str, Tensor]:
+        images, labels, extents = batch
+        views = torch.cat([augment(images, generator, extents) for _ in range(2)])  # (2n, C, S, S)
         h, z = encode(runtime.images(views))
         z1, z2 = z.chunk(2)  # (n, d) each
         negatives = queue.negatives() if queue is not None else None  # (K, d), from past steps
