@@ -1,6 +1,8 @@
 import pytest
 
 from simclrv2.config import PRESETS, apply_overrides, config_from_dict, load_config, preset
+from simclrv2.config.choices import DEMO as DEMO_CHOICES
+from simclrv2.config.choices import Choice
 from simclrv2.errors import UserError
 
 
@@ -107,3 +109,30 @@ def test_bad_yaml_files(tmp_path):
     unknown.write_text("pretrain:\n  temprature: 0.2\n")
     with pytest.raises(UserError, match=r"did you mean 'pretrain\.temperature'"):
         load_config("demo", unknown)
+
+
+def _setting(config, dotted: str):
+    section, key = dotted.split(".")
+    return getattr(getattr(config, section), key)
+
+
+def test_the_demo_holds_what_its_validation_sweeps_chose():
+    demo = preset("demo")
+    assert DEMO_CHOICES, "the demo's choices are recorded"
+    for choice in DEMO_CHOICES:
+        assert choice.before in choice.candidates
+        assert all(len(numbers) == len(choice.measured) for numbers in choice.candidates.values())
+        assert _setting(demo, choice.setting) == choice.chosen(), choice.setting
+
+
+def test_choice_rules_ask_for_more_than_one_seeds_noise():
+    rate = Choice("finetune.base_lr", ("a", "b"), {0.1: (70.0, 80.0), 0.2: (71.0, 80.5)}, 0.1)
+    assert rate.best() == 0.2 and rate.chosen() == 0.1  # +0.75 on the mean: within the noise
+    rate = Choice("finetune.base_lr", ("a", "b"), {0.1: (70.0, 80.0), 0.2: (72.0, 81.0)}, 0.1)
+    assert rate.chosen() == 0.2  # +1.5
+    budget = Choice("distill.epochs", ("a", "b"), {5: (69.5, 80.0), 10: (70.0, 80.2)}, 10, True)
+    assert budget.chosen() == 5  # no number more than NOISE under the best: the cheaper
+    budget = Choice("distill.epochs", ("a", "b"), {5: (75.0, 78.0), 10: (70.0, 80.2)}, 10, True)
+    assert budget.score(5) > budget.score(10) and budget.best() == 5 and budget.chosen() == 5
+    budget = Choice("pretrain.epochs", ("a", "b"), {5: (72.0, 78.0), 10: (70.0, 80.2)}, 10, True)
+    assert budget.best() == 10 and budget.chosen() == 10  # b falls by 2.2: the cheaper one is out
