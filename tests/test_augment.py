@@ -27,8 +27,8 @@ from simclrv2.augment import (
     shift_brightness,
     to_grayscale,
 )
-from simclrv2.augment.colour import GRAY_WEIGHTS
 from simclrv2.errors import UserError
+from simclrv2.luma import GRAY_WEIGHTS
 
 
 def gen(seed: int) -> torch.Generator:

@@ -7,7 +7,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-GRAY_WEIGHTS = (0.2989, 0.5870, 0.1140)  # tf.image.rgb_to_grayscale
+from simclrv2.luma import GRAY_WEIGHTS
 
 
 def _per_image(values: Tensor) -> Tensor:

@@ -18,8 +18,8 @@ import torch.nn.functional as F
 from torch import Tensor
 from torch.utils.data import Dataset
 
-from simclrv2.augment.colour import GRAY_WEIGHTS
 from simclrv2.errors import UserError
+from simclrv2.luma import GRAY_WEIGHTS
 
 UNLABELLED = -1  # the label of an image without one (STL-10's unlabeled split, a flat folder)
 RESIZE_CHUNK = 1024  # images converted per call (resize, grey), bounding the float32 working memory
