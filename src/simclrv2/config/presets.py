@@ -94,8 +94,8 @@ def fashion_mnist() -> Config:
 
 
 def demo() -> Config:
-    """The embedded Fashion-MNIST subset (10,000 + 2,000) on a 2-core CPU: the whole pipeline in at
-    most 10 minutes. ResNet-18 at quarter width with the standard stem (the CIFAR stem at 28 px
+    """The embedded Fashion-MNIST subset (10,000 + 2,000) on a 2-core CPU: the whole pipeline in
+    about 10 minutes (9.3-10.2 over three seeds, RESULTS.md). ResNet-18 at quarter width with the standard stem (the CIFAR stem at 28 px
     costs about 5x a step: RESULTS.md), the CIFAR recipe's pretraining (LARS, tau 0.5, jitter 0.5
     additive, no blur) at lr 3.0*B/256, batch 256, 20 epochs; fine-tuning and the supervised
     baseline with SGD + Nesterov (weight decay 5e-4) at 0.05*B/256 and 0.8*B/256, 100 epochs;
