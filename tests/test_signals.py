@@ -25,6 +25,15 @@ from tiny_runs import (
 SIGNALS = [signal.SIGTERM, signal.SIGINT]
 
 
+@pytest.fixture(autouse=True)
+def ctrl_c_raises():
+    """SIGINT with Python's own handler, as in a terminal: a job a shell starts in the background
+    inherits SIGINT ignored, and Python then leaves it ignored (these tests failed so)."""
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    yield
+    signal.signal(signal.SIGINT, previous)
+
+
 def send_to_main_thread(signum: int) -> None:
     """Deliver ``signum`` to the main thread, whose Python handler then runs before this returns.
     (``os.kill`` to the process lets the kernel pick any thread: the handler then runs a little
