@@ -54,11 +54,11 @@ def contrastive_model(
     ``init`` (continued pretraining: an initial model's encoder and head), its encoder, and its
     head where it has the configured shape, else a new head (the log says which)."""
     settings = config.model
-    f = init[0] if init is not None else encoder(settings, settings.arch, data)
+    f, given = init if init is not None else (encoder(settings, settings.arch, data), None)
     g = ProjectionHead(f.out_dim, settings.head_layers, settings.head_hidden_dim, settings.proj_dim)
     if init is None:
         return ContrastiveModel(f, g)
-    arch, given = arch_name(f.spec), init[1]
+    arch = arch_name(f.spec)
     if given is not None and _shapes(given) == _shapes(g):
         LOG.info("pretrain: from the initial model's %s encoder and its projection head", arch)
         return ContrastiveModel(f, given)

@@ -136,7 +136,7 @@ def sample_crop_boxes(
     "area" sampler's fallback crop.
     """
     device = generator.device
-    height, width = (torch.as_tensor(side, device=device).expand(n)[:, None] for side in (height, width))  # fmt: skip
+    height, width = (torch.as_tensor(s, device=device).expand(n)[:, None] for s in (height, width))
     draw = {"area": _area_boxes, "tf": _tf_boxes}[sampler]
     h, w, found = draw(n, height, width, scale, ratio, generator, device)
     height, width = height.squeeze(1), width.squeeze(1)

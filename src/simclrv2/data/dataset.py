@@ -148,9 +148,13 @@ class ImageDataset(Dataset):
         )
 
     def rows(self, index: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-        """(images, labels, (height, width)) of the images at ``index``, gathered: a batch
-        drawn outside an epoch's order (the whole square where no extents are recorded)."""
-        return self.images[index], self.labels[index], self.image_extents()[index]
+        """(images, labels, (height, width)) of the images at ``index`` (int64): new contiguous
+        tensors, also from a memory map or a non-contiguous view (``torch.index_select``, which
+        runs without the GIL); the whole square where no extents are recorded."""
+        return tuple(
+            torch.index_select(tensor, 0, index)
+            for tensor in (self.images, self.labels, self.image_extents())
+        )
 
     def slice(self, start: int, stop: int) -> ImageDataset:
         """Images ``start`` to ``stop`` as views (no copy), with their labels and extents."""

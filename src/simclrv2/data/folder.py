@@ -119,6 +119,14 @@ def stored_side(view_size: int) -> int:
     return math.ceil(view_size * 8 / 7 * 4 / 3)
 
 
+def _store_shape(files: list[Path], limit: int, size: int) -> tuple[int, int, int, int]:
+    """(N, C, S, S) of the stored array: the folder's channels, and squares of the stored side
+    ``limit``, or of the largest image when all are smaller (``size`` when none is readable)."""
+    channels, longest = folder_shape(files)
+    side = min(limit, longest or size)
+    return len(files), channels, side, side
+
+
 Decoded = tuple[list[np.ndarray], list[tuple[int, str]]]  # images (C, h, w), (position, problem)
 
 
@@ -279,19 +287,18 @@ def read_images(
     strict, cache_dir, depth = decoding.strict, decoding.cache_dir, decoding.depth
     size = decoding.image_size or _default_size(root, files)
     workers = decoding.workers or os.cpu_count() or 1
-    channels, longest = folder_shape(files)
-    side = min(decoding.stored_side or stored_side(size), longest or size)
-    shape = (len(files), channels, side, side)
+    limit = decoding.stored_side or stored_side(size)
     if cache_dir is None:
-        images = np.zeros(shape, np.uint8)
+        images = np.zeros(_store_shape(files, limit, size), np.uint8)
         extents, skipped = _decode_all(files, images, depth, workers, strict)
         images = images[: len(extents)]
         listing = _listing(labels, classes, names, extents, skipped)
     else:
-        stem = _cache_stem(root, files, labels, side, depth)
+        stem = _cache_stem(root, files, labels, limit, depth)
         npy, meta = Path(cache_dir) / f"{stem}.npy", Path(cache_dir) / f"{stem}.json"
         with _building(Path(cache_dir) / f"{stem}.lock"):  # one process decodes, the rest map
             if not (meta.is_file() and npy.is_file()):  # .json written last: .npy complete
+                shape = _store_shape(files, limit, size)  # read from the headers: a miss only
                 extents, skipped = _decode_to_cache(npy, files, shape, depth, workers, strict)
                 write_text(meta, json.dumps(_listing(labels, classes, names, extents, skipped)))
         listing = json.loads(meta.read_text())

@@ -140,9 +140,7 @@ def _shard(order: Tensor, step: int, batch_size: int, rank: int, world_size: int
 def _gather(dataset: ImageDataset, index: Tensor) -> Batch:
     """The batch at ``index``: new contiguous tensors (also from a memory map or a
     non-contiguous view)."""
-    images = torch.index_select(dataset.images, 0, index)
-    labels = torch.index_select(dataset.labels, 0, index)
-    return Batch(images, labels, torch.index_select(dataset.image_extents(), 0, index))
+    return Batch(*dataset.rows(index))
 
 
 class _PinnedCopy:
@@ -150,8 +148,7 @@ class _PinnedCopy:
     ``device`` on a side stream; returns the device tensors and the event that marks the copy done.
 
     A buffer is written again two batches later, after its copy's event has completed (a host wait
-    on the background thread, not on the compute stream). Extents go with them when the data set
-    records them, else they are made on the device.
+    on the background thread, not on the compute stream).
     """
 
     def __init__(self, dataset: ImageDataset, rows: int, device: torch.device) -> None:
@@ -176,17 +173,11 @@ class _PinnedCopy:
         images, labels, extents = (buffer[: len(index)] for buffer in self.buffers[slot])
         torch.index_select(self.dataset.images, 0, index, out=images)
         torch.index_select(self.dataset.labels, 0, index, out=labels)
-        recorded = self.dataset.extents is not None
-        if recorded:
-            torch.index_select(self.dataset.extents, 0, index, out=extents)
+        torch.index_select(self.dataset.image_extents(), 0, index, out=extents)
         with torch.cuda.device(self.device), torch.cuda.stream(self.stream):
             images = images.to(self.device, non_blocking=True)
             labels = labels.to(self.device, non_blocking=True)
-            if recorded:
-                extents = extents.to(self.device, non_blocking=True)
-            else:  # every image fills its square: made on the device, nothing to copy
-                side = self.dataset.stored_size
-                extents = torch.full((len(index), 2), side, dtype=torch.int64, device=self.device)
+            extents = extents.to(self.device, non_blocking=True)
             done = torch.cuda.Event()
             done.record(self.stream)
         self.copied[slot] = done
